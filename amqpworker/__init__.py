@@ -1,0 +1,34 @@
+"""amqpworker: a RabbitMQ-native task queue with Celery's API."""
+
+from . import exceptions, states
+from .app import App, AsyncResult, Request, Task
+from .exceptions import (
+    AmqpWorkerError,
+    ImproperlyConfigured,
+    PublishError,
+    TaskError,
+    TimeoutError,
+    UnroutableError,
+)
+from .wire import Serializer
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    # The application
+    "App",
+    "AsyncResult",
+    "Request",
+    "Serializer",
+    "Task",
+    # Errors
+    "AmqpWorkerError",
+    "ImproperlyConfigured",
+    "PublishError",
+    "TaskError",
+    "TimeoutError",
+    "UnroutableError",
+    "exceptions",
+    "states",
+    "__version__",
+]

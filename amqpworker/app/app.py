@@ -1,0 +1,341 @@
+"""The application: settings, the task registry, and the one path that publishes tasks.
+
+Publishing is written once, as a coroutine (:meth:`App.asend_task`). Async callers await
+it on their own loop; sync callers hop once into the app's :class:`~amqpworker.portal.
+Portal` loop and run the very same coroutine there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import importlib
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from types import ModuleType
+from typing import Any, TypeVar, overload
+
+from ..exceptions import DuplicateTaskError, ImproperlyConfigured, NotRegistered
+from ..portal import Portal
+from ..settings import Route, Settings, load_settings
+from ..wire import TaskMessage, default_serializers
+from ..wire.serializers import Serializer
+from .client import Client
+from .results import AsyncResult
+from .routing import Destination, resolve_destination
+from .task import Task, current_request, default_task_name
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Options ``apply_async``/``send_task`` accept now; anything else is a TypeError.
+CALL_OPTIONS = frozenset(
+    {
+        "task_id",
+        "queue",
+        "exchange",
+        "routing_key",
+        "priority",
+        "headers",
+        "serializer",
+        "ignore_result",
+        "expires",
+        "time_limit",
+        "soft_time_limit",
+        "countdown",
+        "eta",
+    }
+)
+
+
+class App:
+    """A task application: ``App("myapp", broker="amqp://...")``."""
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        broker: str | Sequence[str] | None = None,
+        backend: str | None = None,
+        include: Iterable[str] = (),
+        **settings: Any,
+    ) -> None:
+        if broker is not None:
+            settings["broker_url"] = broker
+        if backend is not None:
+            settings["result_backend"] = backend
+        if include:
+            settings["include"] = list(include)
+        self.main = main
+        self.conf: Settings = load_settings(settings)
+        self.tasks: dict[str, Task] = {}
+        self.serializers = default_serializers()
+        self._portal = Portal(f"amqpworker-{main or 'app'}")
+        self._clients: dict[asyncio.AbstractEventLoop, asyncio.Task[Client]] = {}
+        self._clients_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<App {self.main or '__main__'}>"
+
+    # Configuration.
+
+    def config_from_object(self, obj: str | object, namespace: str | None = None) -> None:
+        """Load settings from a module path (``"pkg.settings"``), a module, a class or object.
+
+        Only public lower-case attributes are read (or ``NAMESPACE_UPPER_CASE`` ones when
+        ``namespace`` is given, as in a Django settings module); modules, classes and
+        functions among them are skipped. Unknown names are errors.
+        """
+        source = _import_object(obj) if isinstance(obj, str) else obj
+        values: dict[str, Any] = {}
+        prefix = f"{namespace}_" if namespace else None
+        for attr in dir(source):
+            if prefix is not None:
+                if not attr.startswith(prefix):
+                    continue
+                name = attr[len(prefix) :].lower()
+            elif attr.startswith("_") or not attr.islower():
+                continue
+            else:
+                name = attr
+            value = getattr(source, attr)
+            if isinstance(value, (ModuleType, type)) or callable(value):
+                continue
+            values[name] = value
+        try:
+            self.conf.update(values)
+        except ImproperlyConfigured as exc:
+            raise ImproperlyConfigured(f"in {_describe(source)}: {exc}") from None
+
+    def config_from_envvar(self, variable: str) -> None:
+        """Load settings from the module named by an environment variable."""
+        module = os.environ.get(variable)
+        if not module:
+            raise ImproperlyConfigured(
+                f"environment variable {variable} is not set; it should name a settings module"
+            )
+        self.config_from_object(module)
+
+    # Tasks.
+
+    @overload
+    def task(self, fun: F, /) -> Task: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        bind: bool = False,
+        base: type[Task] | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(
+        self,
+        fun: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        bind: bool = False,
+        base: type[Task] | None = None,
+        **options: Any,
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(**options)``."""
+
+        def register(function: Callable[..., Any]) -> Task:
+            task_name = name or default_task_name(function, self.main)
+            if task_name in self.tasks:
+                raise DuplicateTaskError(
+                    f"a task named {task_name!r} is already registered "
+                    f"({self.tasks[task_name].fun.__module__}); pass name= to tell them apart"
+                )
+            cls = base or Task
+            if not (isinstance(cls, type) and issubclass(cls, Task)):
+                raise ImproperlyConfigured(f"task {task_name!r}: base= must be a Task subclass")
+            created = cls(self, function, name=task_name, bind=bind, **options)
+            self.tasks[task_name] = created
+            return created
+
+        return register(fun) if fun is not None else register
+
+    def import_includes(self) -> None:
+        """Import the modules named in ``include`` so their tasks register."""
+        for module in self.conf.include:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ImproperlyConfigured(f"include: cannot import {module!r}: {exc}") from exc
+
+    # Publishing: one async path, a sync facade.
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Publish a task by name; returns once the broker confirmed the message."""
+        return self._portal.call(self.asend_task(name, args, kwargs, **options))
+
+    async def asend_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task: Task | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        client = await self.client()
+        message, destination, serializer = self.prepare(name, args, kwargs, task, options)
+        if not message.ignore_result:
+            message = replace(message, reply_to=await client.reply_to())
+        await client.publish_tasks([(message, destination, serializer)])
+        return AsyncResult(message.id, self, task_name=name, client=client)
+
+    def prepare(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        task: Task | None,
+        options: Mapping[str, Any],
+    ) -> tuple[TaskMessage, Destination, Serializer]:
+        """Turn a call into a message, a destination and a serializer, without I/O."""
+        unknown = set(options) - CALL_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
+        if options.get("countdown") is not None or options.get("eta") is not None:
+            raise NotImplementedError("countdown and eta are not supported yet")
+        task = task or self.tasks.get(name)
+        conf = self.conf
+        call_route = Route(
+            queue=options.get("queue"),
+            exchange=options.get("exchange"),
+            routing_key=options.get("routing_key"),
+            priority=options.get("priority"),
+        )
+        task_route = (
+            Route(
+                queue=task.queue,
+                exchange=task.exchange,
+                routing_key=task.routing_key,
+                priority=task.priority,
+            )
+            if task is not None
+            else Route()
+        )
+        destination = resolve_destination(conf, name, call_route, task_route)
+        serializer = self.serializers.get(
+            options.get("serializer") or (task and task.serializer) or conf.task_serializer
+        )
+        ignore_result = options.get("ignore_result")
+        if ignore_result is None:
+            ignore_result = task.effective_ignore_result if task else conf.task_ignore_result
+        parent = current_request.get()
+        message = TaskMessage(
+            task=name,
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            id=options.get("task_id") or str(uuid.uuid4()),
+            root_id=parent.root_id if parent is not None else None,
+            parent_id=parent.id if parent is not None else None,
+            expires=_expiry(options.get("expires")),
+            time_limit=options.get("time_limit") or (task and task.time_limit) or conf.task_time_limit,
+            soft_time_limit=options.get("soft_time_limit")
+            or (task and task.soft_time_limit)
+            or conf.task_soft_time_limit,
+            priority=destination.priority,
+            ignore_result=bool(ignore_result),
+            headers=dict(options.get("headers") or {}),
+        )
+        return message, destination, serializer
+
+    # Clients: one per event loop.
+
+    async def client(self) -> Client:
+        """This app's client on the running loop, connected on first use."""
+        loop = asyncio.get_running_loop()
+        with self._clients_lock:
+            for stale in [known for known in self._clients if known.is_closed()]:
+                del self._clients[stale]
+            starting = self._clients.get(loop)
+            if starting is None:
+                starting = loop.create_task(self._start_client())
+                self._clients[loop] = starting
+        try:
+            return await asyncio.shield(starting)
+        except BaseException:
+            if starting.done():
+                with self._clients_lock:
+                    if self._clients.get(loop) is starting:
+                        del self._clients[loop]
+            raise
+
+    async def _start_client(self) -> Client:
+        client = Client(self.conf, self.serializers, name=self.main or "amqpworker")
+        await client.start()
+        return client
+
+    def portal_client(self) -> Client:
+        """The client that serves sync callers, started if needed."""
+        return self._portal.call(self.client())
+
+    def portal_client_if_started(self) -> Client | None:
+        with self._clients_lock:
+            for loop, starting in self._clients.items():
+                if loop is self._portal.loop_if_started() and starting.done():
+                    if starting.cancelled() or starting.exception() is not None:
+                        return None
+                    return starting.result()
+        return None
+
+    async def aclose(self) -> None:
+        """Close this app's client on the running loop."""
+        loop = asyncio.get_running_loop()
+        with self._clients_lock:
+            starting = self._clients.pop(loop, None)
+        if starting is not None:
+            with contextlib.suppress(Exception):
+                await (await starting).close()
+
+    def close(self) -> None:
+        """Close the sync client and stop the portal thread."""
+        self._portal.close(self.aclose() if self._portal.loop_if_started() else None)
+
+
+def _expiry(value: float | dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, (int, float)):
+        return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=float(value))
+    raise TypeError(f"expires must be seconds or a datetime, not {type(value).__name__}")
+
+
+def _import_object(path: str) -> object:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"cannot import settings module {module_name!r}: {exc}") from exc
+    if not attr:
+        return module
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ImproperlyConfigured(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, ModuleType):
+        return f"module {source.__name__}"
+    if isinstance(source, type):
+        return f"class {source.__qualname__}"
+    return type(source).__qualname__

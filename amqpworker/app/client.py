@@ -1,0 +1,92 @@
+"""The async publishing side of an app on one event loop.
+
+A :class:`Client` owns one broker connection, a lazily declared reply queue and the
+:class:`~amqpworker.app.results.ResultHub` fed from it. An app has one client per event
+loop that uses it: the portal's loop for sync callers, the running loop for asyncio
+callers, the worker's loop inside a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+
+from ..broker import Broker
+from ..exceptions import DecodeError, MessageError
+from ..log import get_logger
+from ..settings import Settings
+from ..wire import Envelope, ResultMessage, SerializerRegistry, TaskMessage
+from ..wire.serializers import Serializer
+from .results import ResultHub
+from .routing import Destination
+
+log = get_logger(__name__)
+
+
+class Client:
+    """Connection, reply queue and result hub of one app on one loop."""
+
+    def __init__(self, conf: Settings, serializers: SerializerRegistry, name: str) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.conf = conf
+        self.serializers = serializers
+        self.accepted = serializers.content_types(conf.accept_content)
+        self.broker = Broker(
+            conf.broker_url,
+            name=name,
+            heartbeat=conf.broker_heartbeat,
+            connect_timeout=conf.broker_connection_timeout,
+            publish_timeout=conf.task_publish_timeout,
+        )
+        self.hub = ResultHub(conf.result_expires, self.loop)
+        self._reply_to: str | None = None
+        self._reply_lock = asyncio.Lock()
+        self._reply_prefix = f"{name}.reply."
+
+    async def start(self) -> None:
+        await self.broker.connect()
+
+    async def close(self) -> None:
+        await self.broker.close()
+
+    async def reply_to(self) -> str:
+        """The name of this client's reply queue, declared and consumed on first use."""
+        if self._reply_to is not None:
+            return self._reply_to
+        async with self._reply_lock:
+            if self._reply_to is None:
+                name = self._reply_prefix + uuid.uuid4().hex
+                queue = await self.broker.declare_reply_queue(name)
+                await self.broker.consume_no_ack(queue, self._on_reply)
+                self._reply_to = name
+        return self._reply_to
+
+    def _on_reply(self, envelope: Envelope) -> None:
+        try:
+            message = ResultMessage.decode(envelope, self.serializers, self.accepted)
+        except (MessageError, DecodeError) as exc:
+            log.warning("dropped an unreadable result message", error=str(exc))
+            return
+        self.hub.record(message)
+
+    async def publish_tasks(
+        self, messages: Sequence[tuple[TaskMessage, Destination, Serializer]]
+    ) -> None:
+        """Publish task messages, declaring missing queues first; one confirm wait for all."""
+        if self.conf.task_create_missing_queues:
+            for queue in {dest.queue for _, dest, _ in messages if dest.queue}:
+                await self.broker.ensure_work_queue(queue, self.conf.task_queue_max_priority)
+        outgoing = [
+            (message.encode(serializer), dest.exchange, dest.routing_key)
+            for message, dest, serializer in messages
+        ]
+        if len(outgoing) == 1:
+            await self.broker.publish(*outgoing[0])
+        else:
+            await self.broker.publish_many(outgoing)
+
+    async def publish_result(self, reply_to: str, message: ResultMessage) -> None:
+        """Send a state to a caller; a caller that is gone is not an error."""
+        serializer = self.serializers.get(self.conf.result_serializer)
+        await self.broker.publish(message.encode(serializer), "", reply_to, mandatory=False)

@@ -1,0 +1,331 @@
+"""RPC results: state messages arrive on the client's reply queue and wake the waiters.
+
+Each client keeps a :class:`ResultHub`: the state history of every task it published,
+fed from its reply queue on its event loop. Waiters attach a *sink* (a callable) to a
+task id and get the history replayed, then every new state, so a result awaited after
+the task finished, or a PROGRESS update sent before ``get()`` was called, is never
+missed. The hub is guarded by a lock, so a synchronous ``get()`` waits in its own
+thread without any hop into the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import TaskError, TimeoutError
+from ..wire.results import EXCEPTION_STATES, FAILURE, PENDING, READY_STATES, STARTED, SUCCESS
+from ..wire.results import ResultMessage
+
+if TYPE_CHECKING:
+    from .app import App
+    from .client import Client
+
+Sink = Callable[[ResultMessage], None]
+OnMessage = Callable[[dict[str, Any]], Any]
+HISTORY_LIMIT = 1000
+
+
+class ResultHub:
+    """Task states seen by one client, and the waiters that want them."""
+
+    def __init__(self, expires: float, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._expires = expires
+        self._lock = threading.Lock()
+        self._history: dict[str, list[ResultMessage]] = {}
+        self._sinks: dict[str, list[Sink]] = {}
+        self._ready_at: deque[tuple[float, str]] = deque()
+
+    def record(self, message: ResultMessage) -> None:
+        """Store a state and hand it to the task's waiters, in arrival order."""
+        task_id = message.task_id
+        with self._lock:
+            history = self._history.setdefault(task_id, [])
+            history.append(message)
+            if len(history) > HISTORY_LIMIT:
+                del history[0]
+            sinks = list(self._sinks.get(task_id, ()))
+            if message.status in READY_STATES:
+                self._ready_at.append((time.monotonic(), task_id))
+                self._prune()
+        for sink in sinks:
+            sink(message)
+
+    def watch(self, task_id: str, sink: Sink) -> Callable[[], None]:
+        """Replay the task's states into ``sink`` and follow new ones until unwatched."""
+        with self._lock:
+            for message in self._history.get(task_id, ()):
+                sink(message)
+            self._sinks.setdefault(task_id, []).append(sink)
+
+        def unwatch() -> None:
+            with self._lock:
+                sinks = self._sinks.get(task_id, [])
+                if sink in sinks:
+                    sinks.remove(sink)
+                if not sinks:
+                    self._sinks.pop(task_id, None)
+
+        return unwatch
+
+    def history(self, task_id: str) -> list[ResultMessage]:
+        with self._lock:
+            return list(self._history.get(task_id, ()))
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._history.pop(task_id, None)
+
+    def _prune(self) -> None:
+        horizon = time.monotonic() - self._expires
+        while self._ready_at and self._ready_at[0][0] < horizon:
+            _, task_id = self._ready_at.popleft()
+            if task_id not in self._sinks:
+                self._history.pop(task_id, None)
+
+    def wait_sync(
+        self, task_id: str, timeout: float | None, on_message: OnMessage | None
+    ) -> ResultMessage:
+        """Block this thread until the task is ready; no hop into the event loop."""
+        inbox: queue.SimpleQueue[ResultMessage] = queue.SimpleQueue()
+        unwatch = self.watch(task_id, inbox.put)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise _timed_out(task_id, timeout)
+                try:
+                    message = inbox.get(timeout=remaining)
+                except queue.Empty:
+                    raise _timed_out(task_id, timeout) from None
+                if on_message is not None:
+                    on_message(message.as_body())
+                if message.status in READY_STATES:
+                    return message
+        finally:
+            unwatch()
+
+    async def wait_async(
+        self, task_id: str, timeout: float | None, on_message: OnMessage | None
+    ) -> ResultMessage:
+        """Await readiness on the running loop, which may differ from the hub's loop."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[ResultMessage] = asyncio.Queue()
+        if loop is self.loop:
+            unwatch = self.watch(task_id, inbox.put_nowait)
+        else:
+            unwatch = self.watch(
+                task_id, lambda message: loop.call_soon_threadsafe(inbox.put_nowait, message)
+            )
+        try:
+            return await asyncio.wait_for(_drain(inbox, on_message), timeout)
+        except asyncio.TimeoutError:
+            raise _timed_out(task_id, timeout) from None
+        finally:
+            unwatch()
+
+
+async def _drain(
+    inbox: asyncio.Queue[ResultMessage], on_message: OnMessage | None
+) -> ResultMessage:
+    while True:
+        message = await inbox.get()
+        if on_message is not None:
+            outcome = on_message(message.as_body())
+            if asyncio.iscoroutine(outcome):
+                await outcome
+        if message.status in READY_STATES:
+            return message
+
+
+def _timed_out(task_id: str, timeout: float | None) -> TimeoutError:
+    return TimeoutError(f"task {task_id} not ready within {timeout}s")
+
+
+class AsyncResult:
+    """The caller's handle on a published task; its states arrive RPC-style."""
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - Celery's name
+        app: App | None = None,
+        *,
+        task_name: str | None = None,
+        client: Client | None = None,
+        parent: AsyncResult | None = None,
+    ) -> None:
+        if app is None and client is None:
+            raise TypeError("AsyncResult needs app= (or a client)")
+        self.id = id
+        self.app = app
+        self.task_name = task_name
+        self.parent = parent
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id} {self.state}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    # States, as far as this process has seen them.
+
+    def _hub(self) -> ResultHub | None:
+        if self._client is None and self.app is not None:
+            self._client = self.app.portal_client_if_started()
+        return None if self._client is None else self._client.hub
+
+    def _history(self) -> list[ResultMessage]:
+        hub = self._hub()
+        return [] if hub is None else hub.history(self.id)
+
+    def _latest(self) -> ResultMessage | None:
+        history = self._history()
+        return history[-1] if history else None
+
+    @property
+    def state(self) -> str:
+        latest = self._latest()
+        return PENDING if latest is None else latest.status
+
+    status = state
+
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value, the exception of a failure, or the meta of a PROGRESS state."""
+        latest = self._latest()
+        if latest is None:
+            return None
+        return _value_of(latest)
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        latest = self._latest()
+        return None if latest is None else latest.traceback
+
+    @property
+    def date_done(self) -> str | None:
+        latest = self._latest()
+        return latest.date_done if latest is not None and latest.status in READY_STATES else None
+
+    @property
+    def started_at(self) -> str | None:
+        for message in self._history():
+            if message.status == STARTED:
+                return message.date_done
+        return None
+
+    # Waiting.
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        on_message: OnMessage | None = None,
+    ) -> Any:
+        """Block until the task is ready and return its value (or raise its exception)."""
+        client = self._client_for_wait()
+        return _outcome(client.hub.wait_sync(self.id, timeout, on_message), propagate)
+
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        on_message: OnMessage | None = None,
+    ) -> Any:
+        if self._client is None and self.app is not None:
+            self._client = await self.app.client()
+        client = self._client_for_wait()
+        return _outcome(await client.hub.wait_async(self.id, timeout, on_message), propagate)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.aget().__await__()
+
+    def forget(self) -> None:
+        hub = self._hub()
+        if hub is not None:
+            hub.forget(self.id)
+
+    def _client_for_wait(self) -> Client:
+        if self._client is None:
+            assert self.app is not None
+            self._client = self.app.portal_client()
+        return self._client
+
+
+def _value_of(message: ResultMessage) -> Any:
+    if message.status in EXCEPTION_STATES and isinstance(message.result, Mapping):
+        return rebuild_exception(message.result, message.traceback)
+    return message.result
+
+
+def _outcome(message: ResultMessage, propagate: bool) -> Any:
+    value = _value_of(message)
+    if propagate and isinstance(value, BaseException):
+        raise value
+    return value
+
+
+def rebuild_exception(data: Mapping[str, Any], traceback: str | None = None) -> BaseException:
+    """The remote exception as its own type when importable, else a :class:`TaskError`."""
+    module_name = str(data.get("exc_module") or "builtins")
+    qualname = str(data.get("exc_type") or "Exception")
+    raw_args = data.get("exc_message") or ()
+    args = tuple(raw_args) if isinstance(raw_args, (list, tuple)) else (raw_args,)
+    kind = _exception_class(module_name, qualname)
+    if kind is not None:
+        try:
+            exc = kind(*args)
+        except Exception:  # noqa: S110 - fall through to a TaskError that names the type
+            pass
+        else:
+            if traceback:
+                exc.__notes__ = [f"Remote traceback:\n{traceback}"]
+            return exc
+    full_name = qualname if module_name == "builtins" else f"{module_name}.{qualname}"
+    detail = ", ".join(str(arg) for arg in args)
+    return TaskError(f"{full_name}: {detail}" if detail else full_name, exc_type=full_name)
+
+
+def _exception_class(module_name: str, qualname: str) -> type[Exception] | None:
+    module = sys.modules.get(module_name)
+    if module is None:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:
+            return None
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            return None
+    if isinstance(found, type) and issubclass(found, Exception):
+        return found
+    return None

@@ -1,0 +1,241 @@
+"""Tasks: a function plus the options that say how it is called, routed and run.
+
+A task is an instance of :class:`Task` (or of a user's subclass passed as ``base=``);
+no classes are made at run time. The request being executed is carried by a context
+variable that only the worker sets, so ``self.request`` works in threads and coroutines
+alike, and reads as an empty eager request outside a worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import ImproperlyConfigured
+from ..wire.results import PROGRESS, ResultMessage, now_iso
+
+if TYPE_CHECKING:
+    from .app import App
+    from .results import AsyncResult
+
+#: Options a task accepts in ``@app.task(...)``; ``None`` means "use the app's setting".
+TASK_OPTIONS = (
+    "max_retries",
+    "default_retry_delay",
+    "queue",
+    "exchange",
+    "routing_key",
+    "priority",
+    "acks_late",
+    "time_limit",
+    "soft_time_limit",
+    "rate_limit",
+    "ignore_result",
+    "serializer",
+    "track_started",
+    "autoretry_for",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+)
+
+
+@dataclass
+class Request:
+    """What a running task knows about the message that started it."""
+
+    id: str | None = None
+    task: str | None = None
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    eta: str | None = None
+    expires: str | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    delivery_info: Mapping[str, Any] = field(default_factory=dict)
+    hostname: str | None = None
+    is_eager: bool = True
+    publish_state: Callable[[ResultMessage], None] | None = field(default=None, repr=False)
+
+
+current_request: ContextVar[Request | None] = ContextVar("amqpworker_request", default=None)
+
+
+class Task:
+    """A registered task. Subclass it and pass ``base=`` to add hooks or defaults."""
+
+    name: str
+    max_retries: int | None = None
+    default_retry_delay: float | None = None
+    queue: str | None = None
+    exchange: str | None = None
+    routing_key: str | None = None
+    priority: int | None = None
+    acks_late: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    rate_limit: str | None = None
+    ignore_result: bool | None = None
+    serializer: str | None = None
+    track_started: bool | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+
+    def __init__(
+        self,
+        app: App,
+        fun: Callable[..., Any],
+        *,
+        name: str,
+        bind: bool = False,
+        **options: Any,
+    ) -> None:
+        unknown = set(options) - set(TASK_OPTIONS)
+        if unknown:
+            raise ImproperlyConfigured(
+                f"task {name!r}: unknown option(s) {', '.join(sorted(unknown))}"
+            )
+        self.app = app
+        self.fun = fun
+        self.name = name
+        self.bind = bind
+        self.is_coroutine = inspect.iscoroutinefunction(fun)
+        for option, value in options.items():
+            setattr(self, option, value)
+        self.__doc__ = fun.__doc__
+        self.__wrapped__ = fun
+        self.__module__ = fun.__module__
+
+    def __repr__(self) -> str:
+        return f"<@task {self.name} of {self.app.main}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task here and now, in this process (no broker involved)."""
+        return self.run(*args, **kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if self.bind:
+            return self.fun(self, *args, **kwargs)
+        return self.fun(*args, **kwargs)
+
+    @property
+    def request(self) -> Request:
+        return current_request.get() or Request()
+
+    # Effective options: the task's own value, else the app's setting.
+
+    @property
+    def effective_ignore_result(self) -> bool:
+        return bool(self._or_setting(self.ignore_result, "task_ignore_result"))
+
+    @property
+    def effective_acks_late(self) -> bool:
+        return bool(self._or_setting(self.acks_late, "task_acks_late"))
+
+    @property
+    def effective_track_started(self) -> bool:
+        return bool(self._or_setting(self.track_started, "task_track_started"))
+
+    def _or_setting(self, value: Any, setting: str) -> Any:
+        return getattr(self.app.conf, setting) if value is None else value
+
+    # Calling through the broker.
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Shortcut for ``apply_async(args, kwargs)``."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Publish a call of this task; returns at once, once the broker confirmed it."""
+        return self.app.send_task(self.name, args, kwargs, task=self, **options)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        return await self.app.asend_task(self.name, args, kwargs, task=self, **options)
+
+    # Inside a running task.
+
+    def update_state(
+        self, task_id: str | None = None, state: str = PROGRESS, meta: Any = None
+    ) -> None:
+        """Tell the caller about progress; ``meta`` becomes ``result.info``."""
+        request = self.request
+        if request.publish_state is None or (task_id and task_id != request.id):
+            return
+        request.publish_state(
+            ResultMessage(
+                task_id=request.id or "",
+                status=state,
+                result=meta,
+                date_done=now_iso(),
+                task_name=self.name,
+            )
+        )
+
+    # Hooks a base class may override; they run in the worker.
+
+    def on_success(
+        self, retval: Any, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> None:
+        """Called after the task returned."""
+
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        einfo: str,
+    ) -> None:
+        """Called after the task raised; ``einfo`` is the formatted traceback."""
+
+    def on_retry(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        einfo: str,
+    ) -> None:
+        """Called when the task is to be retried."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        einfo: str | None,
+    ) -> None:
+        """Called after every run, whatever its outcome."""
+
+
+def default_task_name(fun: Callable[..., Any], main: str | None) -> str:
+    """``module.function``, or ``main.function`` for code run as ``__main__``."""
+    module = fun.__module__
+    if module == "__main__" and main:
+        module = main
+    return f"{module}.{fun.__name__}"

@@ -1,0 +1,274 @@
+"""The connection to RabbitMQ: connect with failover, declare, publish with confirms, consume.
+
+This is the only module family that imports aio-pika. Everything above it speaks in
+:class:`~amqpworker.wire.Envelope` out and :class:`Delivery` in.
+
+Publishing always waits for the broker's confirm (bounded by a timeout) and is
+``mandatory`` where a route could be missing, so an unroutable or refused message is an
+exception in the caller, never a silent drop. Reconnection is aio-pika's robust
+connection: channels, queues and consumers come back by themselves; what does not come
+back is a delivery from the old channel, which :meth:`Delivery.ack` reports as
+:class:`DeliveryLost` instead of acking on a different channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from ..exceptions import BrokerUnavailable, DeliveryLost, PublishError, UnroutableError
+from ..log import get_logger, hide_password
+from ..wire import Envelope
+from .topology import dlq_name, work_queue_arguments
+
+log = get_logger(__name__)
+
+Outgoing = tuple[Envelope, str, str]
+"""An envelope with the exchange and routing key to publish it to."""
+
+
+class Delivery:
+    """A message handed to a consumer, with ack/reject bound to the channel that delivered it."""
+
+    __slots__ = ("_message", "envelope", "exchange", "queue", "redelivered", "routing_key")
+
+    def __init__(self, message: AbstractIncomingMessage, queue: str) -> None:
+        self._message = message
+        self.queue = queue
+        self.exchange = message.exchange or ""
+        self.routing_key = message.routing_key or ""
+        self.redelivered = bool(message.redelivered)
+        self.envelope = Envelope(
+            body=message.body,
+            headers=dict(message.headers or {}),
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            priority=message.priority,
+            type=message.type,
+            persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
+        )
+
+    async def ack(self) -> None:
+        try:
+            await self._message.ack()
+        except aiormq.exceptions.ChannelInvalidStateError as exc:
+            raise DeliveryLost("channel closed before the ack; it will be redelivered") from exc
+
+    async def reject(self, requeue: bool) -> None:
+        try:
+            await self._message.reject(requeue=requeue)
+        except aiormq.exceptions.ChannelInvalidStateError as exc:
+            raise DeliveryLost("channel closed before the reject") from exc
+
+
+def to_amqp(envelope: Envelope) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=envelope.body,
+        headers=dict(envelope.headers),
+        content_type=envelope.content_type,
+        content_encoding=envelope.content_encoding,
+        message_id=envelope.message_id,
+        correlation_id=envelope.correlation_id,
+        reply_to=envelope.reply_to,
+        priority=envelope.priority,
+        expiration=envelope.expiration,
+        type=envelope.type,
+        delivery_mode=(
+            aio_pika.DeliveryMode.PERSISTENT
+            if envelope.persistent
+            else aio_pika.DeliveryMode.NOT_PERSISTENT
+        ),
+    )
+
+
+class Broker:
+    """One robust AMQP connection bound to the event loop that opened it."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        name: str = "amqpworker",
+        heartbeat: int = 60,
+        connect_timeout: float = 10.0,
+        publish_timeout: float = 10.0,
+    ) -> None:
+        self.urls = list(urls)
+        self.name = name
+        self.heartbeat = heartbeat
+        self.connect_timeout = connect_timeout
+        self.publish_timeout = publish_timeout
+        self.url: str | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._declared: set[str] = set()
+
+    @property
+    def safe_url(self) -> str:
+        return hide_password(self.url or self.urls[0])
+
+    async def connect(self) -> None:
+        """Connect to the first broker URL that answers, in the order given."""
+        errors = []
+        for url in self.urls:
+            try:
+                self._connection = await aio_pika.connect_robust(
+                    url,
+                    timeout=self.connect_timeout,
+                    heartbeat=self.heartbeat,
+                    client_properties={"connection_name": self.name},
+                )
+            except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError) as exc:
+                errors.append(f"{hide_password(url)}: {exc or type(exc).__name__}")
+                continue
+            self.url = url
+            self._publisher = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            return
+        raise BrokerUnavailable("cannot connect to any broker: " + "; ".join(errors))
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise BrokerUnavailable("not connected; call connect() first")
+        return self._connection
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def close(self) -> None:
+        if self._connection is not None and not self._connection.is_closed:
+            await self._connection.close()
+        self._connection = self._publisher = None
+        self._exchanges.clear()
+        self._declared.clear()
+
+    async def channel(self, prefetch: int | None = None) -> AbstractChannel:
+        """A new channel; ``prefetch`` sets per-consumer QoS (never global: quorum-safe)."""
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        if prefetch is not None:
+            await channel.set_qos(prefetch_count=prefetch, global_=False)
+        return channel
+
+    async def declare_work_queue(
+        self, queue: str, max_priority: int | None, channel: AbstractChannel | None = None
+    ) -> AbstractQueue:
+        """Declare a durable work queue and its dead-letter queue, idempotently."""
+        channel = channel or self._publishing_channel()
+        await channel.declare_queue(dlq_name(queue), durable=True)
+        declared = await channel.declare_queue(
+            queue, durable=True, arguments=work_queue_arguments(queue, max_priority)
+        )
+        self._declared.add(queue)
+        return declared
+
+    async def ensure_work_queue(self, queue: str, max_priority: int | None) -> None:
+        """Declare a work queue once per connection (publishers create missing queues)."""
+        if queue not in self._declared:
+            await self.declare_work_queue(queue, max_priority)
+
+    async def declare_reply_queue(self, name: str) -> AbstractQueue:
+        """An exclusive queue for results; restored under the same name after a reconnect."""
+        channel = self._publishing_channel()
+        return await channel.declare_queue(name, exclusive=True, auto_delete=True)
+
+    async def publish(
+        self, envelope: Envelope, exchange: str, routing_key: str, *, mandatory: bool = True
+    ) -> None:
+        """Publish one message and wait for the broker's confirm.
+
+        Raises:
+            UnroutableError: no queue is bound for the message.
+            PublishError: the broker refused the message, the exchange does not exist, or
+                no confirm came within ``publish_timeout``.
+        """
+        target = await self._exchange(exchange)
+        try:
+            await target.publish(
+                to_amqp(envelope), routing_key, mandatory=mandatory, timeout=self.publish_timeout
+            )
+        except aiormq.exceptions.PublishError as exc:
+            raise UnroutableError(
+                f"no queue is bound for exchange {exchange or '(default)'!r} "
+                f"with routing key {routing_key!r}; the message was not queued"
+            ) from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise PublishError(f"the broker refused the message ({exc})") from exc
+        except asyncio.TimeoutError as exc:
+            raise PublishError(
+                f"the broker did not confirm the message within {self.publish_timeout}s"
+            ) from exc
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            self._exchanges.pop(exchange, None)
+            raise PublishError(f"exchange {exchange!r} does not exist on the broker") from exc
+
+    async def publish_many(self, messages: Iterable[Outgoing]) -> None:
+        """Publish many messages at once and wait for all their confirms together."""
+        results = await asyncio.gather(
+            *(self.publish(envelope, ex, key) for envelope, ex, key in messages),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def consume(
+        self,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        on_delivery: Callable[[Delivery], Awaitable[None]],
+    ) -> str:
+        """Start a consumer with manual acks; returns its tag for :meth:`cancel`."""
+        name = queue.name
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            await on_delivery(Delivery(message, name))
+
+        return await queue.consume(deliver, no_ack=False)
+
+    async def consume_no_ack(
+        self, queue: AbstractQueue, on_envelope: Callable[[Envelope], Any]
+    ) -> str:
+        """Consume without acks (the reply queue): each message is handed over once."""
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            on_envelope(Delivery(message, queue.name).envelope)
+
+        return await queue.consume(deliver, no_ack=True)
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        found = self._exchanges.get(name)
+        if found is not None:
+            return found
+        channel = self._publishing_channel()
+        if name == "":
+            found = channel.default_exchange
+        else:
+            try:
+                found = await channel.get_exchange(name, ensure=True)
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                raise PublishError(f"exchange {name!r} does not exist on the broker") from exc
+        self._exchanges[name] = found
+        return found
+
+    def _publishing_channel(self) -> AbstractChannel:
+        if self._publisher is None:
+            raise BrokerUnavailable("not connected; call connect() first")
+        return self._publisher

@@ -1,0 +1,97 @@
+"""Every exception amqpworker raises, in one tree.
+
+    AmqpWorkerError
+    ├── ImproperlyConfigured        bad settings, app path or routing: raised at the edge
+    ├── DuplicateTaskError          a second task registered under a taken name
+    ├── NotRegistered               a task name the app does not know
+    ├── BrokerUnavailable           no broker URL accepted a connection
+    ├── DeliveryLost                the channel that delivered a message closed before its ack
+    ├── PublishError                the broker did not take a message
+    │   └── UnroutableError         no queue is bound for the message (mandatory publish)
+    ├── MessageError                a delivered message breaks the wire format
+    │   ├── ContentDisallowed       its content type is not in ``accept_content``
+    │   └── DecodeError             its body or headers cannot be decoded
+    ├── TaskError                   a task failed with an exception we cannot rebuild here
+    ├── TaskRevokedError            the task was revoked or expired before it ran
+    └── TimeoutError                ``result.get(timeout=...)`` ran out (also a builtin TimeoutError)
+
+A message that breaks the wire format carries a short ``reason`` that the worker writes
+into the dead-letter copy's headers, so a person reading the DLQ knows why it is there.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+
+class AmqpWorkerError(Exception):
+    """Base of all amqpworker errors."""
+
+
+class ImproperlyConfigured(AmqpWorkerError):
+    """A setting, an app path or a routing entry is wrong; the message names which."""
+
+
+class DuplicateTaskError(AmqpWorkerError):
+    """Two tasks were registered under one name."""
+
+
+class NotRegistered(AmqpWorkerError, KeyError):
+    """The app has no task of that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "task not registered"
+
+
+class BrokerUnavailable(AmqpWorkerError):
+    """None of the broker URLs accepted a connection."""
+
+
+class DeliveryLost(AmqpWorkerError):
+    """The channel that delivered a message is gone; the broker will redeliver it."""
+
+
+class PublishError(AmqpWorkerError):
+    """The broker refused a message or did not confirm it in time."""
+
+
+class UnroutableError(PublishError):
+    """The broker had no queue to route a mandatory message to."""
+
+
+class MessageError(AmqpWorkerError):
+    """A delivered message breaks the wire format."""
+
+    reason = "malformed"
+
+
+class ContentDisallowed(MessageError):
+    """The message's content type is not accepted by this worker."""
+
+    reason = "content-type-not-accepted"
+
+
+class DecodeError(MessageError):
+    """The body or headers could not be decoded."""
+
+    reason = "undecodable"
+
+
+class TaskError(AmqpWorkerError):
+    """A remote task failed with an exception that cannot be rebuilt in this process.
+
+    Attributes:
+        exc_type: the remote exception's qualified type name, e.g. ``myapp.errors.Boom``.
+    """
+
+    def __init__(self, message: str, exc_type: str = "") -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+
+
+class TaskRevokedError(AmqpWorkerError):
+    """The task did not run: it was revoked, or it expired before a worker got to it."""
+
+
+class TimeoutError(AmqpWorkerError, builtins.TimeoutError):  # noqa: A001
+    """Waiting for a result took longer than the given timeout."""

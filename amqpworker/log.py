@@ -1,0 +1,97 @@
+"""Structured logging: structlog over the standard library, console or JSON.
+
+Inside a task the worker binds ``task_id`` and ``task_name`` as context variables, so
+every line logged through :func:`get_task_logger` (or any structlog logger) carries
+them. Broker passwords are scrubbed from every rendered line, wherever they come from.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import structlog
+
+_PASSWORD_IN_URL = re.compile(r"(amqps?://[^:/@\s]*:)[^@\s]*@")
+
+
+def hide_password(text: str) -> str:
+    """Replace the password of every amqp(s) URL in ``text`` with ``****``."""
+    return _PASSWORD_IN_URL.sub(r"\1****@", text)
+
+
+def _scrub_passwords(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "amqp" in value:
+            event_dict[key] = hide_password(value)
+    return event_dict
+
+
+def configure_logging(
+    level: str | int = "INFO", fmt: Literal["console", "json"] = "console"
+) -> None:
+    """Route structlog and stdlib logging (aio-pika's too) through one renderer on stderr."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _scrub_passwords,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    # aio-pika and aiormq are chatty at INFO about reconnect internals.
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(max(root.level, logging.WARNING))
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger; ``Any`` because structlog's proxy is untyped until configured."""
+    return structlog.get_logger(name)
+
+
+def get_task_logger(name: str) -> Any:
+    """The logger to use inside tasks: lines carry the running task's id and name."""
+    return structlog.get_logger(name)
+
+
+@contextmanager
+def bound(**values: Any) -> Iterator[None]:
+    """Bind context variables for the duration of a block (a task run, a delivery)."""
+    tokens = structlog.contextvars.bind_contextvars(**values)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)

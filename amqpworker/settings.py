@@ -1,0 +1,222 @@
+"""The settings model: Celery's lower-case names, validated once, in one place.
+
+Precedence, highest first: values given in code (``App(...)`` keywords, ``conf.update``,
+attribute assignment, ``config_from_object``), then ``AMQPWORKER_<NAME>`` environment
+variables, then the defaults below. Environment variables are read when an :class:`App`
+is created, never at import time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .exceptions import ImproperlyConfigured
+from .log import hide_password
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+SAFE_CONTENT = ("json", "msgpack", "yaml")
+RATE_LIMIT_PATTERN = re.compile(r"^\d+(\.\d+)?(/[smh])?$")
+
+
+class Route(BaseModel):
+    """Where a task's messages go: a queue (through the default exchange) or an exchange."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queue: str | None = None
+    exchange: str | None = None
+    routing_key: str | None = None
+    priority: Annotated[int, Field(ge=0, le=255)] | None = None
+
+
+class Settings(BaseSettings):
+    """Every setting amqpworker reads. Unknown names and wrong types fail at once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AMQPWORKER_",
+        extra="forbid",
+        validate_assignment=True,
+        validate_default=True,
+    )
+
+    # Broker and results
+    broker_url: Annotated[list[str], NoDecode] = Field(default=[DEFAULT_BROKER_URL])
+    broker_connection_timeout: Annotated[float, Field(gt=0)] = 10.0
+    broker_heartbeat: Annotated[int, Field(ge=0)] = 60
+    result_backend: str = "rpc://"
+    result_serializer: str = "json"
+    result_expires: Annotated[float, Field(gt=0)] = 86400.0
+
+    # Messages
+    task_serializer: str = "json"
+    accept_content: list[str] = Field(default=list(SAFE_CONTENT))
+    task_publish_timeout: Annotated[float, Field(gt=0)] = 10.0
+    task_create_missing_queues: bool = True
+
+    # Routing
+    task_routes: dict[str, Route] = Field(default_factory=dict)
+    task_default_queue: Annotated[str, Field(min_length=1)] = "amqpworker"
+    task_default_exchange: str = ""
+    task_default_routing_key: str | None = None
+    task_default_priority: Annotated[int, Field(ge=0, le=255)] | None = None
+    task_queue_max_priority: Annotated[int, Field(ge=1, le=255)] | None = 10
+
+    # Task behaviour
+    task_track_started: bool = False
+    task_time_limit: Annotated[float, Field(gt=0)] | None = None
+    task_soft_time_limit: Annotated[float, Field(gt=0)] | None = None
+    task_acks_late: bool = True
+    task_ignore_result: bool = False
+    task_default_retry_delay: Annotated[float, Field(ge=0)] = 180.0
+    task_max_retries: Annotated[int, Field(ge=0)] | None = 3
+    task_default_rate_limit: str | None = None
+    task_always_eager: bool = False
+
+    # Time
+    timezone: str = "UTC"
+    enable_utc: bool = True
+
+    # Worker
+    include: list[str] = Field(default_factory=list)
+    worker_concurrency: Annotated[int, Field(ge=1)] = Field(
+        default_factory=lambda: os.cpu_count() or 1
+    )
+    worker_pool: Literal["threads", "asyncio"] = "threads"
+    worker_prefetch_multiplier: Annotated[int, Field(ge=1)] = 4
+    worker_max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
+    worker_max_memory_per_child: Annotated[int, Field(ge=1)] | None = None
+    worker_shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
+
+    # Beat
+    beat_schedule: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    # Logging
+    log_level: str = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(";") if part.strip()]
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        if not urls:
+            raise ValueError("at least one broker URL is needed")
+        for url in urls:
+            if not url.startswith(("amqp://", "amqps://")):
+                raise ValueError(f"{hide_password(url)!r} is not an amqp:// or amqps:// URL")
+        return urls
+
+    @field_validator("result_backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        if value not in ("rpc://", "rpc"):
+            raise ValueError(f"{value!r} is not supported; the result backend is 'rpc://'")
+        return "rpc://"
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("task_routes", mode="before")
+    @classmethod
+    def _check_route_patterns(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for pattern in value:
+                if not isinstance(pattern, str) or not pattern:
+                    raise ValueError(f"route pattern {pattern!r} must be a non-empty string")
+        return value
+
+    @field_validator("task_default_rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str | None) -> str | None:
+        if value is not None and not RATE_LIMIT_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not a rate such as '10/s', '200/m' or '100/h'")
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            super().__setattr__(name, value)
+            return
+        if name not in type(self).model_fields:
+            raise ImproperlyConfigured(_unknown_setting_message(name))
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ImproperlyConfigured(describe_validation_error(exc)) from None
+
+    def update(self, mapping: Mapping[str, Any] | None = None, /, **values: Any) -> None:
+        """Set several settings at once; nothing changes if any of them is wrong."""
+        merged = {**(mapping or {}), **values}
+        for name in merged:
+            if name not in type(self).model_fields:
+                raise ImproperlyConfigured(_unknown_setting_message(name))
+        candidate = {**self.model_dump(), **merged}
+        try:
+            checked = type(self).model_validate(candidate)
+        except ValidationError as exc:
+            raise ImproperlyConfigured(describe_validation_error(exc)) from None
+        for name in merged:
+            object.__setattr__(self, name, getattr(checked, name))
+        self.model_fields_set.update(merged)
+
+    def route_for(self, task_name: str) -> Route | None:
+        """The first route in ``task_routes`` whose name or glob matches ``task_name``."""
+        routes = self.task_routes
+        exact = routes.get(task_name)
+        if exact is not None:
+            return exact
+        for pattern, route in routes.items():
+            if fnmatch.fnmatchcase(task_name, pattern):
+                return route
+        return None
+
+
+def load_settings(values: Mapping[str, Any]) -> Settings:
+    """Build settings from code-given values over the environment, naming any bad setting."""
+    unknown = [name for name in values if name not in Settings.model_fields]
+    if unknown:
+        raise ImproperlyConfigured(_unknown_setting_message(unknown[0]))
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ImproperlyConfigured(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError, where: str = "setting") -> str:
+    """One line per problem, each naming the setting and what is wrong with it."""
+    lines = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "?"
+        got = error.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {hide_password(repr(got))})"
+        lines.append(f"{where} {location!r}: {error['msg']}{shown}")
+    return "; ".join(lines)
+
+
+def _unknown_setting_message(name: str) -> str:
+    close = [known for known in Settings.model_fields if _similar(name, known)]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {name!r}{hint}"
+
+
+def _similar(a: str, b: str) -> bool:
+    return difflib.SequenceMatcher(None, a, b).ratio() > 0.8

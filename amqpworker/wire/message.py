@@ -1,0 +1,220 @@
+"""Wire format v1 of a task message (see ``docs/protocol.md``).
+
+The body holds only ``[args, kwargs]``. Everything a router, a monitor or a broker tool
+needs is in AMQP properties and headers, readable without decoding the body. Header
+names follow Celery's message protocol v2 where the meaning is the same.
+
+:class:`Envelope` is an AMQP message without the transport: the broker layer turns it
+into a frame on the way out and builds one from each delivery on the way in, so this
+module never touches a socket.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..exceptions import DecodeError
+from .serializers import Serializer, SerializerRegistry
+
+PROTOCOL_VERSION = 1
+PROTOCOL_HEADER = "x-amqpworker-protocol"
+
+#: Headers written by amqpworker itself; everything else in ``headers`` is the user's.
+CORE_HEADERS = frozenset(
+    {
+        "lang",
+        "task",
+        "id",
+        "root_id",
+        "parent_id",
+        "group",
+        "retries",
+        "eta",
+        "expires",
+        "timelimit",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+        PROTOCOL_HEADER,
+    }
+)
+
+_ORIGIN = f"{socket.gethostname()}"
+_REPR_LIMIT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An AMQP message as data: body, properties and headers."""
+
+    body: bytes
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+    content_encoding: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    priority: int | None = None
+    expiration: float | None = None
+    type: str | None = None
+    persistent: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """One task invocation, as it travels between a caller and a worker."""
+
+    task: str
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    retries: int = 0
+    eta: dt.datetime | None = None
+    expires: dt.datetime | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    reply_to: str | None = None
+    priority: int | None = None
+    ignore_result: bool = False
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+    def encode(self, serializer: Serializer) -> Envelope:
+        """Serialize the arguments into the body and the rest into properties/headers."""
+        body = serializer.dumps([list(self.args), dict(self.kwargs)])
+        headers: dict[str, Any] = dict(self.headers)
+        headers.update(
+            {
+                "lang": "py",
+                "task": self.task,
+                "id": self.id,
+                "root_id": self.root_id or self.id,
+                "parent_id": self.parent_id,
+                "group": self.group_id,
+                "retries": self.retries,
+                "eta": self.eta.isoformat() if self.eta else None,
+                "expires": self.expires.isoformat() if self.expires else None,
+                "timelimit": [self.time_limit, self.soft_time_limit],
+                "argsrepr": _short_repr(self.args),
+                "kwargsrepr": _short_repr(self.kwargs),
+                "origin": _ORIGIN,
+                "ignore_result": self.ignore_result,
+                PROTOCOL_HEADER: PROTOCOL_VERSION,
+            }
+        )
+        return Envelope(
+            body=body,
+            headers=headers,
+            content_type=serializer.content_type,
+            content_encoding=serializer.content_encoding,
+            message_id=self.id,
+            correlation_id=self.id,
+            reply_to=None if self.ignore_result else self.reply_to,
+            priority=self.priority,
+            type=self.task,
+        )
+
+    @classmethod
+    def decode(
+        cls, envelope: Envelope, serializers: SerializerRegistry, accepted: frozenset[str]
+    ) -> TaskMessage:
+        """Validate headers, then decode the body; anything wrong raises a MessageError.
+
+        The content type is checked against ``accepted`` before the body is touched.
+
+        Raises:
+            ContentDisallowed: the content type is not accepted.
+            DecodeError: a header is missing or of the wrong type, or the body is not
+                ``[args, kwargs]``.
+        """
+        headers = envelope.headers
+        task = headers.get("task") or envelope.type
+        if not isinstance(task, str) or not task:
+            raise DecodeError("header 'task' is missing or not a string")
+        task_id = headers.get("id") or envelope.correlation_id or envelope.message_id
+        if not isinstance(task_id, str) or not task_id:
+            raise DecodeError("header 'id' is missing or not a string")
+        retries = headers.get("retries", 0) or 0
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise DecodeError(f"header 'retries' must be a non-negative integer, not {retries!r}")
+        hard, soft = _time_limits(headers.get("timelimit"))
+        payload = serializers.decode(envelope.body, envelope.content_type, accepted)
+        args, kwargs = _split_body(payload)
+        return cls(
+            task=task,
+            args=args,
+            kwargs=kwargs,
+            id=task_id,
+            root_id=_optional_str(headers, "root_id"),
+            parent_id=_optional_str(headers, "parent_id"),
+            group_id=_optional_str(headers, "group"),
+            retries=retries,
+            eta=_optional_time(headers, "eta"),
+            expires=_optional_time(headers, "expires"),
+            time_limit=hard,
+            soft_time_limit=soft,
+            reply_to=envelope.reply_to or None,
+            priority=envelope.priority,
+            ignore_result=bool(headers.get("ignore_result", False)),
+            headers={k: v for k, v in headers.items() if k not in CORE_HEADERS},
+        )
+
+
+def _split_body(payload: Any) -> tuple[list[Any], dict[str, Any]]:
+    # Celery's v2 body is [args, kwargs, embed]; the third part is accepted and ignored.
+    if not isinstance(payload, (list, tuple)) or len(payload) not in (2, 3):
+        raise DecodeError("body must be a list [args, kwargs]")
+    args, kwargs = payload[0], payload[1]
+    if not isinstance(args, (list, tuple)):
+        raise DecodeError(f"body args must be a list, not {type(args).__name__}")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise DecodeError("body kwargs must be a mapping with string keys")
+    return list(args), kwargs
+
+
+def _optional_str(headers: Mapping[str, Any], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise DecodeError(f"header {name!r} must be a string, not {type(value).__name__}")
+
+
+def _optional_time(headers: Mapping[str, Any], name: str) -> dt.datetime | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise DecodeError(f"header {name!r} is not an ISO 8601 time: {value!r}") from None
+    else:
+        raise DecodeError(f"header {name!r} must be an ISO 8601 string")
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _time_limits(value: Any) -> tuple[float | None, float | None]:
+    if value is None:
+        return None, None
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(v is None or (isinstance(v, (int, float)) and v > 0) for v in value)
+    ):
+        raise DecodeError("header 'timelimit' must be [hard, soft] seconds or nulls")
+    return value[0], value[1]
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."

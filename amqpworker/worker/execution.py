@@ -1,0 +1,95 @@
+"""Running one task: call it, run its hooks, and say what happened. No broker here.
+
+The same :func:`finish` serves plain functions (in a thread, or inline on the loop) and
+coroutines, so a task behaves the same whatever pool runs it.
+"""
+
+from __future__ import annotations
+
+import traceback as tb
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from ..app.task import Request, Task, current_request
+from ..log import bound, get_logger
+from ..wire.results import FAILURE, SUCCESS, ResultMessage, exception_to_data, now_iso
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended."""
+
+    status: str
+    value: Any = None
+    exception: BaseException | None = None
+    traceback: str | None = None
+
+    def as_result(self, request: Request) -> ResultMessage:
+        result = exception_to_data(self.exception) if self.exception is not None else self.value
+        return ResultMessage(
+            task_id=request.id or "",
+            status=self.status,
+            result=result,
+            traceback=self.traceback,
+            date_done=now_iso(),
+            task_name=request.task,
+        )
+
+
+def run_sync(task: Task, request: Request) -> Outcome:
+    """Run a plain-function task in the calling thread."""
+    token = current_request.set(request)
+    try:
+        with bound(task_id=request.id, task_name=task.name):
+            try:
+                value = task.run(*request.args, **request.kwargs)
+            except Exception as exc:
+                return finish(task, request, failure(exc))
+            return finish(task, request, Outcome(SUCCESS, value))
+    finally:
+        current_request.reset(token)
+
+
+async def run_async(task: Task, request: Request) -> Outcome:
+    """Run a coroutine task on the running loop (in the caller's task context)."""
+    current_request.set(request)
+    with bound(task_id=request.id, task_name=task.name):
+        try:
+            coroutine: Awaitable[Any] = task.run(*request.args, **request.kwargs)
+            value = await coroutine
+        except Exception as exc:
+            return finish(task, request, failure(exc))
+        return finish(task, request, Outcome(SUCCESS, value))
+
+
+def failure(exc: BaseException) -> Outcome:
+    return Outcome(FAILURE, exception=exc, traceback=tb.format_exc())
+
+
+def finish(task: Task, request: Request, outcome: Outcome) -> Outcome:
+    """Run the task's hooks; a hook that raises is logged and does not change the outcome."""
+    task_id = request.id or ""
+    args, kwargs = request.args, request.kwargs
+    try:
+        if outcome.exception is None:
+            task.on_success(outcome.value, task_id, args, kwargs)
+        else:
+            log.error(
+                "task failed",
+                error=f"{type(outcome.exception).__name__}: {outcome.exception}",
+            )
+            task.on_failure(outcome.exception, task_id, args, kwargs, outcome.traceback or "")
+        task.after_return(
+            outcome.status,
+            outcome.exception if outcome.exception is not None else outcome.value,
+            task_id,
+            args,
+            kwargs,
+            outcome.traceback,
+        )
+    except Exception:
+        log.exception("a task hook raised; the task's outcome stands")
+    return outcome

@@ -1,0 +1,415 @@
+"""The worker: consume, decode, run, report, acknowledge, and stop cleanly.
+
+Order of a delivery's life, and why:
+
+1. Decode and look the task up. A message that breaks the wire format, or names a task
+   this worker does not know, is copied into ``<queue>.dlq`` with the reason in its
+   headers (confirmed) and only then acknowledged; if that copy fails it is rejected
+   without requeue, which dead-letters it through the queue's own arguments. Either
+   way it is never lost and never crashes the worker.
+2. Run it (a thread for plain functions, the loop for coroutines, or inline on the loop
+   with ``--pool asyncio``), at most ``concurrency`` at a time.
+3. Publish the result to the caller's ``reply_to`` and wait for the confirm, then ack
+   (``acks_late``). A worker killed before the ack leaves the message in the broker,
+   which gives it to another worker.
+
+Each delivery is handled in a task of our own, not in aio-pika's consumer task, so a
+reconnect (which closes the old channel and cancels its consumer tasks) never cancels
+a running job; its ack then fails and the broker redelivers the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import signal
+import socket
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..app import App
+from ..app.client import Client
+from ..app.task import Request, Task
+from ..broker import Broker, Delivery, dlq_name
+from ..exceptions import DeliveryLost, MessageError, NotRegistered, TaskRevokedError
+from ..log import bound, get_logger, hide_password
+from ..wire import ResultMessage, TaskMessage
+from ..wire.results import FAILURE, REVOKED, STARTED, exception_to_data, now_iso
+from .execution import Outcome, run_async, run_sync
+
+log = get_logger(__name__)
+
+DEAD_LETTER_HEADERS = (
+    "x-amqpworker-reason",
+    "x-amqpworker-detail",
+    "x-amqpworker-queue",
+    "x-amqpworker-exchange",
+    "x-amqpworker-routing-key",
+    "x-amqpworker-dead-at",
+)
+
+
+@dataclass
+class WorkerStats:
+    """Counters a person (or a test) can read while the worker runs."""
+
+    received: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    requeued: int = 0
+    running: int = 0
+    by_task: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Consumes the given queues and runs the app's tasks."""
+
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str] | None = None,
+        *,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        prefetch_multiplier: int | None = None,
+        shutdown_timeout: float | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues or [conf.task_default_queue])
+        self.concurrency = concurrency or conf.worker_concurrency
+        self.pool = pool or conf.worker_pool
+        if self.pool not in ("threads", "asyncio"):
+            raise ValueError(f"pool must be 'threads' or 'asyncio', not {self.pool!r}")
+        self.prefetch = self.concurrency * (prefetch_multiplier or conf.worker_prefetch_multiplier)
+        self.shutdown_timeout = (
+            conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        )
+        self.hostname = hostname or f"{app.main or 'amqpworker'}@{socket.gethostname()}"
+        self.stats = WorkerStats()
+        self.accepted = app.serializers.content_types(conf.accept_content)
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[None]] = set()
+        self._waiting: set[Delivery] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._client: Client | None = None
+        self._consumer: Broker | None = None
+
+    # Lifecycle.
+
+    def banner(self) -> str:
+        tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks)) or "  (none)"
+        broker = self._consumer.safe_url if self._consumer else self.app.conf.broker_url[0]
+        return (
+            f"amqpworker {self.hostname}\n"
+            f"  app:         {self.app.main or '__main__'}\n"
+            f"  broker:      {hide_password(broker)}\n"
+            f"  queues:      {', '.join(self.queues)}\n"
+            f"  pool:        {self.pool} (concurrency {self.concurrency}, "
+            f"prefetch {self.prefetch})\n"
+            f"[tasks]\n{tasks}"
+        )
+
+    @property
+    def ready(self) -> threading.Event:
+        """Set once the worker consumes; lets a test or a supervisor wait for start-up."""
+        return self._ready
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop; safe to call from any thread or a signal handler."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: graceful stop; the second one exits at once."""
+        assert self._loop is not None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stop.is_set():
+            log.warning("second signal: exiting now; unacknowledged tasks go back to the queue")
+            os._exit(128 + signum)
+        log.info(
+            "stopping: waiting for running tasks", signal=signal.Signals(signum).name,
+            grace_seconds=self.shutdown_timeout,
+        )
+        self._stop.set()
+
+    async def run(self, install_signals: bool = False) -> None:
+        """Consume until :meth:`request_stop` (or a signal), then stop gracefully."""
+        self._loop = asyncio.get_running_loop()
+        if install_signals:
+            self.install_signal_handlers()
+        if self.pool == "threads":
+            self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="task")
+        conf = self.app.conf
+        self._client = await self.app.client()
+        self._consumer = Broker(
+            conf.broker_url,
+            name=f"{self.hostname} consumer",
+            heartbeat=conf.broker_heartbeat,
+            connect_timeout=conf.broker_connection_timeout,
+        )
+        await self._consumer.connect()
+        try:
+            channel = await self._consumer.channel(prefetch=self.prefetch)
+            consumers = []
+            for name in self.queues:
+                queue = await self._consumer.declare_work_queue(
+                    name, conf.task_queue_max_priority, channel=channel
+                )
+                tag = await self._consumer.consume(channel, queue, self._on_delivery)
+                consumers.append((queue, tag))
+            log.info("consuming", queues=self.queues, hostname=self.hostname)
+            self._ready.set()
+            await self._stop.wait()
+            self._stopping = True
+            for queue, tag in consumers:
+                with contextlib.suppress(Exception):
+                    await queue.cancel(tag)
+            await self._drain()
+        finally:
+            await self._consumer.close()
+            await self.app.aclose()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+            log.info("stopped", **{k: v for k, v in vars(self.stats).items() if k != "by_task"})
+
+    async def _drain(self) -> None:
+        for delivery in list(self._waiting):
+            self._waiting.discard(delivery)
+            await self._requeue(delivery)
+        if self._running:
+            _, late = await asyncio.wait(self._running, timeout=self.shutdown_timeout)
+            if late:
+                log.warning(
+                    "grace period over; unfinished tasks go back to the queue",
+                    unfinished=len(late),
+                )
+                for handler in late:
+                    handler.cancel()
+
+    # Deliveries.
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        handler = asyncio.get_running_loop().create_task(self._handle(delivery))
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        self.stats.received += 1
+        if self._stopping:
+            await self._requeue(delivery)
+            return
+        try:
+            message = TaskMessage.decode(delivery.envelope, self.app.serializers, self.accepted)
+        except MessageError as exc:
+            await self._dead_letter(delivery, exc.reason, str(exc))
+            return
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            error = NotRegistered(f"task {message.task!r} is not registered on this worker")
+            await self._report(message, _failed(message, error))
+            await self._dead_letter(delivery, "unknown-task", str(error))
+            return
+        self._waiting.add(delivery)
+        async with self._slots:
+            if delivery not in self._waiting:  # requeued by a stop while waiting
+                return
+            self._waiting.discard(delivery)
+            current = asyncio.current_task()
+            assert current is not None
+            self._running.add(current)
+            self.stats.running += 1
+            try:
+                await self._execute(delivery, message, task)
+            except asyncio.CancelledError:
+                log.warning("task interrupted by shutdown; it will run again", task_id=message.id)
+            finally:
+                self.stats.running -= 1
+                self._running.discard(current)
+
+    async def _execute(self, delivery: Delivery, message: TaskMessage, task: Task) -> None:
+        request = self._request(delivery, message)
+        with bound(task_id=message.id, task_name=task.name):
+            if message.expires is not None and message.expires <= dt.datetime.now(dt.timezone.utc):
+                revoked = TaskRevokedError(f"task {message.id} expired at {message.expires}")
+                await self._report(message, replace(_failed(message, revoked), status=REVOKED))
+                await self._ack(delivery)
+                return
+            if task.effective_track_started and message.reply_to:
+                await self._report(
+                    message, ResultMessage(message.id, STARTED, None, None, now_iso(), task.name)
+                )
+            acks_late = task.effective_acks_late
+            if not acks_late:
+                await self._ack(delivery)
+            outcome = await self._run(task, request)
+            self._count(task.name, outcome)
+            await self._flush_states(request)
+            if not task.effective_ignore_result:
+                try:
+                    await self._report(message, outcome.as_result(request))
+                except Exception as exc:
+                    if acks_late:
+                        log.error("could not send the result; the task will run again", error=str(exc))
+                        await self._requeue(delivery)
+                        return
+            if acks_late:
+                await self._ack(delivery)
+
+    async def _run(self, task: Task, request: Request) -> Outcome:
+        if task.is_coroutine:
+            return await run_async(task, request)
+        if self._executor is None:
+            return run_sync(task, request)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, run_sync, task, request)
+
+    def _request(self, delivery: Delivery, message: TaskMessage) -> Request:
+        request = Request(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            retries=message.retries,
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            group=message.group_id,
+            reply_to=message.reply_to,
+            correlation_id=message.id,
+            eta=message.eta.isoformat() if message.eta else None,
+            expires=message.expires.isoformat() if message.expires else None,
+            headers=message.headers,
+            delivery_info={
+                "exchange": delivery.exchange,
+                "routing_key": delivery.routing_key,
+                "queue": delivery.queue,
+                "redelivered": delivery.redelivered,
+                "priority": message.priority,
+            },
+            hostname=self.hostname,
+            is_eager=False,
+        )
+        if message.reply_to and not message.ignore_result:
+            assert self._loop is not None and self._client is not None
+            request.publish_state = _StatePublisher(self._loop, self._client, message.reply_to)
+        return request
+
+    async def _flush_states(self, request: Request) -> None:
+        publisher = request.publish_state
+        if isinstance(publisher, _StatePublisher):
+            await publisher.flush()
+
+    async def _report(self, message: TaskMessage, result: ResultMessage) -> None:
+        if message.reply_to and not message.ignore_result:
+            assert self._client is not None
+            await self._client.publish_result(message.reply_to, result)
+
+    def _count(self, name: str, outcome: Outcome) -> None:
+        if outcome.status == FAILURE:
+            self.stats.failed += 1
+        else:
+            self.stats.succeeded += 1
+        self.stats.by_task[name] = self.stats.by_task.get(name, 0) + 1
+
+    # Acknowledgement, requeue and dead-lettering.
+
+    async def _ack(self, delivery: Delivery) -> None:
+        try:
+            await delivery.ack()
+        except DeliveryLost as exc:
+            log.warning("ack not sent", reason=str(exc))
+
+    async def _requeue(self, delivery: Delivery) -> None:
+        self.stats.requeued += 1
+        with contextlib.suppress(DeliveryLost):
+            await delivery.reject(requeue=True)
+
+    async def _dead_letter(self, delivery: Delivery, reason: str, detail: str) -> None:
+        """Copy the message into ``<queue>.dlq`` with the reason, then ack the original."""
+        envelope = delivery.envelope
+        headers: dict[str, Any] = dict(envelope.headers)
+        headers.update(
+            zip(
+                DEAD_LETTER_HEADERS,
+                (reason, detail[:1000], delivery.queue, delivery.exchange,
+                 delivery.routing_key, now_iso()),
+                strict=True,
+            )
+        )
+        self.stats.dead_lettered += 1
+        log.error(
+            "message dead-lettered",
+            reason=reason,
+            detail=detail,
+            queue=delivery.queue,
+            message_id=envelope.message_id,
+            dead_letter_queue=dlq_name(delivery.queue),
+        )
+        try:
+            assert self._client is not None
+            await self._client.broker.publish(
+                replace(envelope, headers=headers), "", dlq_name(delivery.queue)
+            )
+        except Exception as exc:
+            log.warning("dead-letter copy failed; rejecting to the queue's DLX", error=str(exc))
+            with contextlib.suppress(DeliveryLost):
+                await delivery.reject(requeue=False)
+            return
+        await self._ack(delivery)
+
+
+def _failed(message: TaskMessage, error: BaseException) -> ResultMessage:
+    return ResultMessage(
+        message.id, FAILURE, exception_to_data(error), None, now_iso(), message.task
+    )
+
+
+class _StatePublisher:
+    """``update_state`` for one request: blocking from a thread, ordered on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: Client, reply_to: str) -> None:
+        self._loop = loop
+        self._client = client
+        self._reply_to = reply_to
+        self._last: asyncio.Future[None] | None = None
+
+    def __call__(self, state: ResultMessage) -> None:
+        publish = self._client.publish_result(self._reply_to, state)
+        if _on_loop(self._loop):
+            self._last = self._loop.create_task(_after(self._last, publish))
+        else:
+            asyncio.run_coroutine_threadsafe(publish, self._loop).result()
+
+    async def flush(self) -> None:
+        if self._last is not None:
+            with contextlib.suppress(Exception):
+                await self._last
+
+
+async def _after(previous: asyncio.Future[None] | None, publish: Any) -> None:
+    if previous is not None:
+        with contextlib.suppress(Exception):
+            await previous
+    await publish
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

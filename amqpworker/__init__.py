@@ -14,7 +14,7 @@ from .wire import Serializer
 
 __version__ = "0.1.0.dev0"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by what they are, as in httpx
     # The application
     "App",
     "AsyncResult",
@@ -28,6 +28,7 @@ __all__ = [
     "TaskError",
     "TimeoutError",
     "UnroutableError",
+    # Modules
     "exceptions",
     "states",
     "__version__",

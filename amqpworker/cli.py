@@ -50,52 +50,46 @@ def load_app(spec: str) -> App:
     )
 
 
-class AppParam(click.ParamType):
-    name = "app"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> App:
-        if isinstance(value, App):
-            return value
-        try:
-            return load_app(str(value))
-        except AmqpWorkerError as exc:
-            self.fail(str(exc), param, ctx)
+def _app_callback(ctx: click.Context, param: click.Parameter, value: str) -> App:
+    try:
+        return load_app(value)
+    except AmqpWorkerError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
-class QueuesParam(click.ParamType):
-    name = "queues"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> list[str]:
-        if isinstance(value, list):
-            return value
-        names = [name.strip() for name in str(value).split(",")]
-        if not all(names):
-            self.fail(f"{value!r} has an empty queue name", param, ctx)
-        return names
+def _queues_callback(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise click.BadParameter(f"{value!r} has an empty queue name", ctx, param)
+    return names
 
 
-class JsonParam(click.ParamType):
-    name = "json"
-
-    def __init__(self, kind: type) -> None:
-        self.kind = kind
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if not isinstance(value, str):
-            return value
+def _json_callback(kind: type) -> Any:
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> Any:
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as exc:
-            self.fail(f"{value!r} is not JSON: {exc}", param, ctx)
-        if not isinstance(parsed, self.kind):
-            self.fail(f"{value!r} must be a JSON {self.kind.__name__}", param, ctx)
+            raise click.BadParameter(f"{value!r} is not JSON: {exc}", ctx, param) from None
+        if not isinstance(parsed, kind):
+            raise click.BadParameter(f"{value!r} must be a JSON {kind.__name__}", ctx, param)
         return parsed
 
+    return parse
 
-app_option = click.option("-A", "--app", "app", type=AppParam(), required=True, help=APP_HELP,
-                          envvar="AMQPWORKER_APP")
+
+app_option = click.option(
+    "-A",
+    "--app",
+    "app",
+    required=True,
+    help=APP_HELP,
+    envvar="AMQPWORKER_APP",
+    callback=_app_callback,
+)
 
 
 @click.group()
@@ -106,15 +100,26 @@ def main() -> None:
 
 @main.command()
 @app_option
-@click.option("-Q", "--queues", type=QueuesParam(), help="Comma-separated queues to consume.")
+@click.option(
+    "-Q", "--queues", callback=_queues_callback, help="Comma-separated queues to consume."
+)
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
 @click.option("-P", "--pool", type=click.Choice(["threads", "asyncio"]), help="How tasks run.")
-@click.option("--prefetch-multiplier", type=click.IntRange(min=1),
-              help="Prefetch = concurrency x this.")
-@click.option("--shutdown-timeout", type=click.FloatRange(min=0),
-              help="Seconds running tasks get to finish after SIGTERM.")
-@click.option("-l", "--loglevel", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--prefetch-multiplier", type=click.IntRange(min=1), help="Prefetch = concurrency x this."
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    help="Seconds running tasks get to finish after SIGTERM.",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 @click.option("--log-format", type=click.Choice(["console", "json"]), help="Log line format.")
 @click.option("-n", "--hostname", help="This worker's name (default app@host).")
 def serve(
@@ -129,7 +134,9 @@ def serve(
     hostname: str | None,
 ) -> None:
     """Consume queues and run tasks until SIGTERM."""
-    configure_logging(loglevel, "json" if (log_format or app.conf.log_format) == "json" else "console")
+    configure_logging(
+        loglevel, "json" if (log_format or app.conf.log_format) == "json" else "console"
+    )
     try:
         app.import_includes()
         worker = Worker(
@@ -153,8 +160,10 @@ def serve(
 @main.command()
 @app_option
 @click.argument("name")
-@click.option("--args", "args", type=JsonParam(list), default="[]", help="JSON list.")
-@click.option("--kwargs", "kwargs", type=JsonParam(dict), default="{}", help="JSON object.")
+@click.option("--args", "args", callback=_json_callback(list), default="[]", help="JSON list.")
+@click.option(
+    "--kwargs", "kwargs", callback=_json_callback(dict), default="{}", help="JSON object."
+)
 @click.option("-Q", "--queue", help="Queue to send to (default: the task's route).")
 @click.option("--wait/--no-wait", default=False, help="Wait for the result and print it.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True)

@@ -5,7 +5,7 @@
     ├── DuplicateTaskError          a second task registered under a taken name
     ├── NotRegistered               a task name the app does not know
     ├── BrokerUnavailable           no broker URL accepted a connection
-    ├── DeliveryLost                the channel that delivered a message closed before its ack
+    ├── DeliveryLost                the delivering channel closed before the ack
     ├── PublishError                the broker did not take a message
     │   └── UnroutableError         no queue is bound for the message (mandatory publish)
     ├── MessageError                a delivered message breaks the wire format
@@ -13,7 +13,7 @@
     │   └── DecodeError             its body or headers cannot be decoded
     ├── TaskError                   a task failed with an exception we cannot rebuild here
     ├── TaskRevokedError            the task was revoked or expired before it ran
-    └── TimeoutError                ``result.get(timeout=...)`` ran out (also a builtin TimeoutError)
+    └── TimeoutError                ``get(timeout=...)`` ran out (also the builtin TimeoutError)
 
 A message that breaks the wire format carries a short ``reason`` that the worker writes
 into the dead-letter copy's headers, so a person reading the DLQ knows why it is there.
@@ -93,5 +93,5 @@ class TaskRevokedError(AmqpWorkerError):
     """The task did not run: it was revoked, or it expired before a worker got to it."""
 
 
-class TimeoutError(AmqpWorkerError, builtins.TimeoutError):  # noqa: A001
+class TimeoutError(AmqpWorkerError, builtins.TimeoutError):
     """Waiting for a result took longer than the given timeout."""

@@ -9,6 +9,7 @@ operations are written as one coroutine that does all the work, never as a loop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -84,10 +85,8 @@ class Portal:
                 shutdown.close()
             return
         if shutdown is not None:
-            try:
+            with contextlib.suppress(Exception):  # best effort, often at interpreter exit
                 asyncio.run_coroutine_threadsafe(shutdown, loop).result(10)
-            except Exception:  # noqa: S110 - best effort at interpreter shutdown
-                pass
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         if not loop.is_running():

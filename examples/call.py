@@ -11,7 +11,9 @@ def main():
         div.delay(1, 0).get(timeout=10)
     except ZeroDivisionError as exc:
         print("div(1, 0) raised ZeroDivisionError:", exc)
-    count_to.delay(3).get(timeout=10, on_message=lambda body: print("  state:", body["status"], body["result"]))
+    count_to.delay(3).get(
+        timeout=10, on_message=lambda body: print("  state:", body["status"], body["result"])
+    )
     print("slow_hello =", slow_hello.delay("world").get(timeout=10))
 
     async def from_asyncio():

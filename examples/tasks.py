@@ -7,7 +7,10 @@ import time
 from amqpworker import App
 from amqpworker.log import get_task_logger
 
-app = App("examples", broker=os.environ.get("AMQPWORKER_BROKER_URL", "amqp://guest:guest@localhost:5672//"))
+app = App(
+    "examples",
+    broker=os.environ.get("AMQPWORKER_BROKER_URL", "amqp://guest:guest@localhost:5672//"),
+)
 logger = get_task_logger(__name__)
 
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 from types import ModuleType
 from typing import Any, TypeVar, overload
 
-from ..exceptions import DuplicateTaskError, ImproperlyConfigured, NotRegistered
+from ..exceptions import DuplicateTaskError, ImproperlyConfigured
 from ..portal import Portal
 from ..settings import Route, Settings, load_settings
 from ..wire import TaskMessage, default_serializers
@@ -134,7 +134,7 @@ class App:
         **options: Any,
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
-    def task(
+    def task(  # type: ignore[misc]  # mypy cannot match **options against a positional-only fun
         self,
         fun: Callable[..., Any] | None = None,
         /,
@@ -246,7 +246,9 @@ class App:
             root_id=parent.root_id if parent is not None else None,
             parent_id=parent.id if parent is not None else None,
             expires=_expiry(options.get("expires")),
-            time_limit=options.get("time_limit") or (task and task.time_limit) or conf.task_time_limit,
+            time_limit=options.get("time_limit")
+            or (task and task.time_limit)
+            or conf.task_time_limit,
             soft_time_limit=options.get("soft_time_limit")
             or (task and task.soft_time_limit)
             or conf.task_soft_time_limit,

@@ -21,8 +21,15 @@ from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import TaskError, TimeoutError
-from ..wire.results import EXCEPTION_STATES, FAILURE, PENDING, READY_STATES, STARTED, SUCCESS
-from ..wire.results import ResultMessage
+from ..wire.results import (
+    EXCEPTION_STATES,
+    FAILURE,
+    PENDING,
+    READY_STATES,
+    STARTED,
+    SUCCESS,
+    ResultMessage,
+)
 
 if TYPE_CHECKING:
     from .app import App
@@ -123,9 +130,11 @@ class ResultHub:
         if loop is self.loop:
             unwatch = self.watch(task_id, inbox.put_nowait)
         else:
-            unwatch = self.watch(
-                task_id, lambda message: loop.call_soon_threadsafe(inbox.put_nowait, message)
-            )
+
+            def forward(message: ResultMessage) -> None:
+                loop.call_soon_threadsafe(inbox.put_nowait, message)
+
+            unwatch = self.watch(task_id, forward)
         try:
             return await asyncio.wait_for(_drain(inbox, on_message), timeout)
         except asyncio.TimeoutError:
@@ -156,7 +165,7 @@ class AsyncResult:
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - Celery's name
+        id: str,
         app: App | None = None,
         *,
         task_name: str | None = None,
@@ -303,11 +312,12 @@ def rebuild_exception(data: Mapping[str, Any], traceback: str | None = None) -> 
     if kind is not None:
         try:
             exc = kind(*args)
-        except Exception:  # noqa: S110 - fall through to a TaskError that names the type
+        except Exception:
             pass
         else:
-            if traceback:
-                exc.__notes__ = [f"Remote traceback:\n{traceback}"]
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if traceback and add_note is not None:
+                add_note(f"Remote traceback:\n{traceback}")
             return exc
     full_name = qualname if module_name == "builtins" else f"{module_name}.{qualname}"
     detail = ", ".join(str(arg) for arg in args)

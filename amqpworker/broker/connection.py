@@ -162,7 +162,9 @@ class Broker:
 
     async def channel(self, prefetch: int | None = None) -> AbstractChannel:
         """A new channel; ``prefetch`` sets per-consumer QoS (never global: quorum-safe)."""
-        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel: AbstractChannel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
         if prefetch is not None:
             await channel.set_qos(prefetch_count=prefetch, global_=False)
         return channel

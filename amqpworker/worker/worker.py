@@ -143,7 +143,8 @@ class Worker:
             log.warning("second signal: exiting now; unacknowledged tasks go back to the queue")
             os._exit(128 + signum)
         log.info(
-            "stopping: waiting for running tasks", signal=signal.Signals(signum).name,
+            "stopping: waiting for running tasks",
+            signal=signal.Signals(signum).name,
             grace_seconds=self.shutdown_timeout,
         )
         self._stop.set()
@@ -265,7 +266,9 @@ class Worker:
                     await self._report(message, outcome.as_result(request))
                 except Exception as exc:
                     if acks_late:
-                        log.error("could not send the result; the task will run again", error=str(exc))
+                        log.error(
+                            "could not send the result; the task will run again", error=str(exc)
+                        )
                         await self._requeue(delivery)
                         return
             if acks_late:
@@ -305,7 +308,8 @@ class Worker:
             is_eager=False,
         )
         if message.reply_to and not message.ignore_result:
-            assert self._loop is not None and self._client is not None
+            assert self._loop is not None
+            assert self._client is not None
             request.publish_state = _StatePublisher(self._loop, self._client, message.reply_to)
         return request
 
@@ -346,8 +350,14 @@ class Worker:
         headers.update(
             zip(
                 DEAD_LETTER_HEADERS,
-                (reason, detail[:1000], delivery.queue, delivery.exchange,
-                 delivery.routing_key, now_iso()),
+                (
+                    reason,
+                    detail[:1000],
+                    delivery.queue,
+                    delivery.exchange,
+                    delivery.routing_key,
+                    now_iso(),
+                ),
                 strict=True,
             )
         )

@@ -10,7 +10,8 @@
     │   └── UnroutableError         no queue is bound for the message (mandatory publish)
     ├── MessageError                a delivered message breaks the wire format
     │   ├── ContentDisallowed       its content type is not in ``accept_content``
-    │   └── DecodeError             its body or headers cannot be decoded
+    │   └── DecodeError             its body cannot be decoded
+    │       └── MalformedMessage    headers missing or mistyped, or the body is not [args, kwargs]
     ├── TaskError                   a task failed with an exception we cannot rebuild here
     ├── TaskRevokedError            the task was revoked or expired before it ran
     └── TimeoutError                ``get(timeout=...)`` ran out (also the builtin TimeoutError)
@@ -75,6 +76,12 @@ class DecodeError(MessageError):
     """The body or headers could not be decoded."""
 
     reason = "undecodable"
+
+
+class MalformedMessage(DecodeError):
+    """Headers are missing or mistyped, or the decoded body is not ``[args, kwargs]``."""
+
+    reason = "malformed"
 
 
 class TaskError(AmqpWorkerError):

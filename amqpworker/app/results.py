@@ -52,10 +52,14 @@ class ResultHub:
         self._ready_at: deque[tuple[float, str]] = deque()
 
     def record(self, message: ResultMessage) -> None:
-        """Store a state and hand it to the task's waiters, in arrival order."""
+        """Store a state and hand it to the task's waiters, in arrival order; final is final."""
         task_id = message.task_id
         with self._lock:
             history = self._history.setdefault(task_id, [])
+            if history and history[-1].status in READY_STATES:
+                # At-least-once delivery can run a task twice (a worker lost its channel
+                # mid-task); the first final state a caller saw stays the answer.
+                return
             history.append(message)
             if len(history) > HISTORY_LIMIT:
                 del history[0]

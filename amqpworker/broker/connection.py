@@ -34,6 +34,9 @@ from .topology import dlq_name, work_queue_arguments
 
 log = get_logger(__name__)
 
+#: Seconds between reconnection attempts; short, because a worker without a broker idles.
+RECONNECT_INTERVAL = 1.0
+
 Outgoing = tuple[Envelope, str, str]
 """An envelope with the exchange and routing key to publish it to."""
 
@@ -131,6 +134,7 @@ class Broker:
                     url,
                     timeout=self.connect_timeout,
                     heartbeat=self.heartbeat,
+                    reconnect_interval=RECONNECT_INTERVAL,
                     client_properties={"connection_name": self.name},
                 )
             except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError) as exc:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import DecodeError
+from ..exceptions import MalformedMessage
 from .serializers import Serializer, SerializerRegistry
 
 PROTOCOL_VERSION = 1
@@ -132,19 +132,20 @@ class TaskMessage:
 
         Raises:
             ContentDisallowed: the content type is not accepted.
-            DecodeError: a header is missing or of the wrong type, or the body is not
+            DecodeError: the body cannot be decoded.
+            MalformedMessage: a header is missing or of the wrong type, or the body is not
                 ``[args, kwargs]``.
         """
         headers = envelope.headers
         task = headers.get("task") or envelope.type
         if not isinstance(task, str) or not task:
-            raise DecodeError("header 'task' is missing or not a string")
+            raise MalformedMessage("header 'task' is missing or not a string")
         task_id = headers.get("id") or envelope.correlation_id or envelope.message_id
         if not isinstance(task_id, str) or not task_id:
-            raise DecodeError("header 'id' is missing or not a string")
+            raise MalformedMessage("header 'id' is missing or not a string")
         retries = headers.get("retries", 0) or 0
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise DecodeError(f"header 'retries' must be a non-negative integer, not {retries!r}")
+            raise MalformedMessage(f"header 'retries' must be a non-negative integer, not {retries!r}")
         hard, soft = _time_limits(headers.get("timelimit"))
         payload = serializers.decode(envelope.body, envelope.content_type, accepted)
         args, kwargs = _split_body(payload)
@@ -171,12 +172,12 @@ class TaskMessage:
 def _split_body(payload: Any) -> tuple[list[Any], dict[str, Any]]:
     # Celery's v2 body is [args, kwargs, embed]; the third part is accepted and ignored.
     if not isinstance(payload, (list, tuple)) or len(payload) not in (2, 3):
-        raise DecodeError("body must be a list [args, kwargs]")
+        raise MalformedMessage("body must be a list [args, kwargs]")
     args, kwargs = payload[0], payload[1]
     if not isinstance(args, (list, tuple)):
-        raise DecodeError(f"body args must be a list, not {type(args).__name__}")
+        raise MalformedMessage(f"body args must be a list, not {type(args).__name__}")
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise DecodeError("body kwargs must be a mapping with string keys")
+        raise MalformedMessage("body kwargs must be a mapping with string keys")
     return list(args), kwargs
 
 
@@ -184,7 +185,7 @@ def _optional_str(headers: Mapping[str, Any], name: str) -> str | None:
     value = headers.get(name)
     if value is None or isinstance(value, str):
         return value
-    raise DecodeError(f"header {name!r} must be a string, not {type(value).__name__}")
+    raise MalformedMessage(f"header {name!r} must be a string, not {type(value).__name__}")
 
 
 def _optional_time(headers: Mapping[str, Any], name: str) -> dt.datetime | None:
@@ -197,9 +198,9 @@ def _optional_time(headers: Mapping[str, Any], name: str) -> dt.datetime | None:
         try:
             moment = dt.datetime.fromisoformat(value)
         except ValueError:
-            raise DecodeError(f"header {name!r} is not an ISO 8601 time: {value!r}") from None
+            raise MalformedMessage(f"header {name!r} is not an ISO 8601 time: {value!r}") from None
     else:
-        raise DecodeError(f"header {name!r} must be an ISO 8601 string")
+        raise MalformedMessage(f"header {name!r} must be an ISO 8601 string")
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
@@ -211,7 +212,7 @@ def _time_limits(value: Any) -> tuple[float | None, float | None]:
         or len(value) != 2
         or not all(v is None or (isinstance(v, (int, float)) and v > 0) for v in value)
     ):
-        raise DecodeError("header 'timelimit' must be [hard, soft] seconds or nulls")
+        raise MalformedMessage("header 'timelimit' must be [hard, soft] seconds or nulls")
     return value[0], value[1]
 
 

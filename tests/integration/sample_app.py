@@ -1,0 +1,127 @@
+"""Tasks the integration tests run, in-process and under `amqpworker serve`.
+
+`create_app()` builds a fresh App (the tests give each one its own queue); the
+module-level `app` is what `amqpworker serve -A tests.integration.sample_app` finds, and
+it takes its broker and queue from AMQPWORKER_* environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from amqpworker import App, Task
+
+
+class CustomError(Exception):
+    """An importable exception: the caller gets this very type back."""
+
+
+class Recorder(Task):
+    """A base class whose hooks leave a trace the test can read."""
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
+        marker = kwargs.get("marker")
+        if marker:
+            Path(marker).with_suffix(".after_return").write_text(status)
+
+
+def _touch_run(marker_dir: str, name: str) -> int:
+    """Record one run in marker_dir; returns how many runs there have been."""
+    folder = Path(marker_dir)
+    runs = len(list(folder.glob(f"{name}.run*"))) + 1
+    (folder / f"{name}.run{runs}").write_text(str(os.getpid()))
+    return runs
+
+
+def create_app(**settings: Any) -> App:
+    app = App("sample", **settings)
+
+    @app.task
+    def add(x, y):  # type: ignore[no-untyped-def]
+        return x + y
+
+    @app.task
+    def div(x, y):  # type: ignore[no-untyped-def]
+        return x / y
+
+    @app.task
+    def raise_custom(message):  # type: ignore[no-untyped-def]
+        raise CustomError(message)
+
+    class LocalError(Exception):
+        pass
+
+    @app.task
+    def raise_local():  # type: ignore[no-untyped-def]
+        raise LocalError("cannot be imported by the caller")
+
+    @app.task(bind=True)
+    def progress(self, steps):  # type: ignore[no-untyped-def]
+        for step in range(1, steps + 1):
+            self.update_state(state="PROGRESS", meta={"step": step, "of": steps})
+        return steps
+
+    @app.task(bind=True)
+    async def aprogress(self, steps):  # type: ignore[no-untyped-def]
+        for step in range(1, steps + 1):
+            self.update_state(state="PROGRESS", meta={"step": step})
+            await asyncio.sleep(0)
+        return steps
+
+    @app.task(track_started=True)
+    def tracked():  # type: ignore[no-untyped-def]
+        return "done"
+
+    @app.task(bind=True)
+    def whoami(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        request = self.request
+        return {
+            "id": request.id,
+            "args": list(request.args),
+            "kwargs": dict(request.kwargs),
+            "retries": request.retries,
+            "queue": request.delivery_info.get("queue"),
+            "headers": dict(request.headers),
+            "thread": threading.current_thread().name,
+        }
+
+    @app.task
+    async def ahello(name):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.01)
+        return f"hello {name}"
+
+    @app.task(ignore_result=True)
+    def touch(path):  # type: ignore[no-untyped-def]
+        Path(path).write_text("ran")
+
+    @app.task(base=Recorder)
+    def recorded(value, marker=None):  # type: ignore[no-untyped-def]
+        return value * 2
+
+    @app.task
+    def record_and_wait(marker_dir, name, release_after=None):  # type: ignore[no-untyped-def]
+        """Leave a run marker, then wait until the test drops `<name>.release` (bounded)."""
+        runs = _touch_run(marker_dir, name)
+        release = Path(marker_dir) / f"{name}.release"
+        deadline = time.monotonic() + 60
+        while not release.exists() and time.monotonic() < deadline:
+            if release_after is not None and runs >= release_after:
+                break
+            time.sleep(0.02)
+        return runs
+
+    @app.task
+    def sleep_then_return(marker_dir, name, seconds):  # type: ignore[no-untyped-def]
+        _touch_run(marker_dir, name)
+        time.sleep(seconds)
+        return name
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,69 @@
+"""Malformed messages go to <queue>.dlq with the reason; the worker keeps serving."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import aio_pika
+
+from amqpworker import App
+
+from .conftest import wait_for
+
+
+def _raw(headers: dict, body: bytes, content_type: str = "application/json") -> aio_pika.Message:
+    return aio_pika.Message(body=body, headers=headers, content_type=content_type, message_id="m1")
+
+
+def test_bad_messages_are_dead_lettered_with_reasons(
+    app: App, admin, queue: str, start_worker
+) -> None:
+    worker = start_worker(app)
+    good_headers = {"task": "tests.integration.sample_app.add", "id": "x"}
+    admin.publish_raw(queue, _raw({"task": "no.such.task", "id": "a"}, b"[[], {}]"))
+    admin.publish_raw(queue, _raw({**good_headers, "id": "b"}, b"{not json"))
+    admin.publish_raw(
+        queue,
+        _raw({**good_headers, "id": "c"}, pickle.dumps([[1, 2], {}]),
+             "application/x-python-serialize"),
+    )
+    admin.publish_raw(queue, _raw({"id": "d"}, b"[[], {}]"))
+    admin.publish_raw(queue, _raw({**good_headers, "id": "e", "retries": "many"}, b"[[1, 2], {}]"))
+    admin.publish_raw(queue, _raw({**good_headers, "id": "f"}, json.dumps({"a": 1}).encode()))
+
+    dlq = f"{queue}.dlq"
+    wait_for(lambda: admin.message_count(dlq) == 6, 15, "six dead-lettered messages")
+    # The worker goes on serving.
+    assert app.tasks["tests.integration.sample_app.add"].delay(2, 3).get(timeout=10) == 5
+
+    by_id = {message.headers["id"]: message for message in admin.get_all(dlq) if "id" in message.headers}
+    reasons = {key: message.headers["x-amqpworker-reason"] for key, message in by_id.items()}
+    assert reasons == {
+        "a": "unknown-task",
+        "b": "undecodable",
+        "c": "content-type-not-accepted",
+        "d": "malformed",
+        "e": "malformed",
+        "f": "malformed",
+    }
+    assert "pickle" in by_id["c"].headers["x-amqpworker-detail"] or "x-python-serialize" in by_id["c"].headers["x-amqpworker-detail"]
+    assert "retries" in by_id["e"].headers["x-amqpworker-detail"]
+    for message in by_id.values():
+        assert message.headers["x-amqpworker-queue"] == queue
+        assert message.headers["x-amqpworker-routing-key"] == queue
+    # The body is kept byte for byte so a person can replay it.
+    assert by_id["b"].body == b"{not json"
+    assert worker.worker.stats.dead_lettered == 6
+
+
+def test_unknown_task_also_fails_the_callers_result(app: App, admin, queue: str, start_worker) -> None:
+    start_worker(app)
+    result = app.send_task("sample.not_registered", args=(1,))
+    try:
+        result.get(timeout=10)
+    except Exception as exc:
+        assert "not registered" in str(exc)
+    else:
+        raise AssertionError("expected a failure")
+    wait_for(lambda: admin.message_count(f"{queue}.dlq") == 1, 10, "the dead-lettered message")

@@ -30,6 +30,8 @@ from .routing import Destination, resolve_destination
 from .task import Task, current_request, default_task_name
 
 F = TypeVar("F", bound=Callable[..., Any])
+Call = tuple[Any, ...]
+"""``(task_or_name, args[, kwargs[, options]])`` for :meth:`App.send_many`."""
 
 #: Options ``apply_async``/``send_task`` accept now; anything else is a TypeError.
 CALL_OPTIONS = frozenset(
@@ -198,6 +200,33 @@ class App:
         await client.publish_tasks([(message, destination, serializer)])
         return AsyncResult(message.id, self, task_name=name, client=client)
 
+    def send_many(self, calls: Iterable[Call]) -> list[AsyncResult]:
+        """Publish many tasks in one hop to the loop, waiting for all confirms together.
+
+        Each call is ``(task_or_name, args)``, ``(task_or_name, args, kwargs)`` or
+        ``(task_or_name, args, kwargs, options)``; results come back in the same order.
+        """
+        return self._portal.call(self.asend_many(calls))
+
+    async def asend_many(self, calls: Iterable[Call]) -> list[AsyncResult]:
+        client = await self.client()
+        prepared = []
+        reply_to: str | None = None
+        for call in calls:
+            target, args, kwargs, options = _unpack_call(call)
+            task = target if isinstance(target, Task) else self.tasks.get(target)
+            name = target.name if isinstance(target, Task) else target
+            message, destination, serializer = self.prepare(name, args, kwargs, task, options)
+            if not message.ignore_result:
+                reply_to = reply_to or await client.reply_to()
+                message = replace(message, reply_to=reply_to)
+            prepared.append((message, destination, serializer))
+        await client.publish_tasks(prepared)
+        return [
+            AsyncResult(message.id, self, task_name=message.task, client=client)
+            for message, _, _ in prepared
+        ]
+
     def prepare(
         self,
         name: str,
@@ -309,6 +338,17 @@ class App:
     def close(self) -> None:
         """Close the sync client and stop the portal thread."""
         self._portal.close(self.aclose() if self._portal.loop_if_started() else None)
+
+
+def _unpack_call(
+    call: Call,
+) -> tuple[Task | str, Sequence[Any], Mapping[str, Any], Mapping[str, Any]]:
+    if not isinstance(call, tuple) or not 2 <= len(call) <= 4:
+        raise TypeError(f"a call is (task, args[, kwargs[, options]]), not {call!r}")
+    target, args, kwargs, options = (*call, {}, {})[:4]
+    if not isinstance(target, (Task, str)):
+        raise TypeError(f"a call names a task or a task name, not {target!r}")
+    return target, args or (), kwargs or {}, options or {}
 
 
 def _expiry(value: float | dt.datetime | None) -> dt.datetime | None:

@@ -145,7 +145,9 @@ class TaskMessage:
             raise MalformedMessage("header 'id' is missing or not a string")
         retries = headers.get("retries", 0) or 0
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise MalformedMessage(f"header 'retries' must be a non-negative integer, not {retries!r}")
+            raise MalformedMessage(
+                f"header 'retries' must be a non-negative integer, not {retries!r}"
+            )
         hard, soft = _time_limits(headers.get("timelimit"))
         payload = serializers.decode(envelope.body, envelope.content_type, accepted)
         args, kwargs = _split_body(payload)

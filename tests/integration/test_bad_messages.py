@@ -6,8 +6,10 @@ import json
 import pickle
 
 import aio_pika
+import pytest
 
 from amqpworker import App
+from amqpworker.exceptions import NotRegistered
 
 from .conftest import wait_for
 
@@ -25,8 +27,11 @@ def test_bad_messages_are_dead_lettered_with_reasons(
     admin.publish_raw(queue, _raw({**good_headers, "id": "b"}, b"{not json"))
     admin.publish_raw(
         queue,
-        _raw({**good_headers, "id": "c"}, pickle.dumps([[1, 2], {}]),
-             "application/x-python-serialize"),
+        _raw(
+            {**good_headers, "id": "c"},
+            pickle.dumps([[1, 2], {}]),
+            "application/x-python-serialize",
+        ),
     )
     admin.publish_raw(queue, _raw({"id": "d"}, b"[[], {}]"))
     admin.publish_raw(queue, _raw({**good_headers, "id": "e", "retries": "many"}, b"[[1, 2], {}]"))
@@ -37,7 +42,9 @@ def test_bad_messages_are_dead_lettered_with_reasons(
     # The worker goes on serving.
     assert app.tasks["tests.integration.sample_app.add"].delay(2, 3).get(timeout=10) == 5
 
-    by_id = {message.headers["id"]: message for message in admin.get_all(dlq) if "id" in message.headers}
+    by_id = {
+        message.headers["id"]: message for message in admin.get_all(dlq) if "id" in message.headers
+    }
     reasons = {key: message.headers["x-amqpworker-reason"] for key, message in by_id.items()}
     assert reasons == {
         "a": "unknown-task",
@@ -47,7 +54,10 @@ def test_bad_messages_are_dead_lettered_with_reasons(
         "e": "malformed",
         "f": "malformed",
     }
-    assert "pickle" in by_id["c"].headers["x-amqpworker-detail"] or "x-python-serialize" in by_id["c"].headers["x-amqpworker-detail"]
+    assert (
+        "pickle" in by_id["c"].headers["x-amqpworker-detail"]
+        or "x-python-serialize" in by_id["c"].headers["x-amqpworker-detail"]
+    )
     assert "retries" in by_id["e"].headers["x-amqpworker-detail"]
     for message in by_id.values():
         assert message.headers["x-amqpworker-queue"] == queue
@@ -57,13 +67,11 @@ def test_bad_messages_are_dead_lettered_with_reasons(
     assert worker.worker.stats.dead_lettered == 6
 
 
-def test_unknown_task_also_fails_the_callers_result(app: App, admin, queue: str, start_worker) -> None:
+def test_unknown_task_also_fails_the_callers_result(
+    app: App, admin, queue: str, start_worker
+) -> None:
     start_worker(app)
     result = app.send_task("sample.not_registered", args=(1,))
-    try:
+    with pytest.raises(NotRegistered, match="not registered"):
         result.get(timeout=10)
-    except Exception as exc:
-        assert "not registered" in str(exc)
-    else:
-        raise AssertionError("expected a failure")
     wait_for(lambda: admin.message_count(f"{queue}.dlq") == 1, 10, "the dead-lettered message")

@@ -16,7 +16,9 @@ def test_zero_division_is_reraised(app: App, start_worker) -> None:
     with pytest.raises(ZeroDivisionError, match="division by zero"):
         result.get(timeout=10)
     assert result.state == states.FAILURE
-    assert result.failed() and result.ready() and not result.successful()
+    assert result.failed()
+    assert result.ready()
+    assert not result.successful()
     assert isinstance(result.get(propagate=False), ZeroDivisionError)
     assert isinstance(result.result, ZeroDivisionError)
     assert result.traceback is not None

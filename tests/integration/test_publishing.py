@@ -45,7 +45,8 @@ def test_message_on_the_wire(app: App, admin, queue: str) -> None:
     assert message.content_type == "application/json"
     assert message.correlation_id == result.id
     assert message.type == "tests.integration.sample_app.add"
-    assert message.reply_to and message.reply_to.startswith("sample.reply.")
+    assert message.reply_to
+    assert message.reply_to.startswith("sample.reply.")
     assert message.delivery_mode == 2
     headers = message.headers
     assert headers["task"] == "tests.integration.sample_app.add"
@@ -65,3 +66,19 @@ def test_queue_is_declared_with_priority_and_dead_letter_queue(app: App, admin, 
     app.tasks["tests.integration.sample_app.add"].delay(1, 2)
     assert admin.message_count(queue) == 1
     assert admin.message_count(f"{queue}.dlq") == 0
+
+
+def test_send_many_publishes_in_one_batch_in_order(app: App, start_worker) -> None:
+    start_worker(app, concurrency=8)
+    add = app.tasks["tests.integration.sample_app.add"]
+    results = app.send_many([(add, (i, i)) for i in range(500)] + [(add.name, (1,), {"y": 1})])
+    assert [r.get(timeout=30) for r in results] == [2 * i for i in range(500)] + [2]
+
+
+async def test_asend_many_reports_an_unroutable_call(app: App) -> None:
+    add = app.tasks["tests.integration.sample_app.add"]
+    with pytest.raises(UnroutableError):
+        await app.asend_many(
+            [(add, (1, 1)), (add, (1, 1), {}, {"exchange": "amq.direct", "routing_key": "void"})]
+        )
+    await app.aclose()

@@ -13,7 +13,9 @@ def test_sync_delay_get(app: App, start_worker) -> None:
     result = app.tasks["tests.integration.sample_app.add"].delay(2, 2)
     assert result.get(timeout=10) == 4
     assert result.state == states.SUCCESS
-    assert result.ready() and result.successful() and not result.failed()
+    assert result.ready()
+    assert result.successful()
+    assert not result.failed()
     assert result.date_done is not None
     assert result.task_name == "tests.integration.sample_app.add"
     assert result.task_id == result.id

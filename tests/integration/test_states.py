@@ -12,7 +12,9 @@ def test_progress_updates_arrive_in_order_then_success(app: App, start_worker) -
     start_worker(app)
     seen: list[tuple[str, object]] = []
     result = app.tasks["tests.integration.sample_app.progress"].delay(5)
-    value = result.get(timeout=10, on_message=lambda body: seen.append((body["status"], body["result"])))
+    value = result.get(
+        timeout=10, on_message=lambda body: seen.append((body["status"], body["result"]))
+    )
     assert value == 5
     assert seen == [
         *[(states.PROGRESS, {"step": step, "of": 5}) for step in range(1, 6)],

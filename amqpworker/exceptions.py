@@ -2,6 +2,7 @@
 
     AmqpWorkerError
     ├── ImproperlyConfigured        bad settings, app path or routing: raised at the edge
+    │   └── TopologyMismatch        the broker's queues/exchanges differ from the routing file
     ├── DuplicateTaskError          a second task registered under a taken name
     ├── NotRegistered               a task name the app does not know
     ├── BrokerUnavailable           no broker URL accepted a connection
@@ -31,6 +32,20 @@ class AmqpWorkerError(Exception):
 
 class ImproperlyConfigured(AmqpWorkerError):
     """A setting, an app path or a routing entry is wrong; the message names which."""
+
+
+class TopologyMismatch(ImproperlyConfigured):
+    """The broker has a queue or exchange with other arguments than the routing file says.
+
+    Attributes:
+        differences: one plain sentence per difference.
+    """
+
+    def __init__(self, differences: list[str]) -> None:
+        super().__init__(
+            "the broker's topology differs from the routing file:\n  " + "\n  ".join(differences)
+        )
+        self.differences = differences
 
 
 class DuplicateTaskError(AmqpWorkerError):

@@ -16,21 +16,21 @@ from typing import Any, Literal
 
 import structlog
 
-_PASSWORD_IN_URL = re.compile(r"(amqps?://[^:/@\s]*:)[^@\s]*@")
+_PASSWORD_IN_URL = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
 
 
 def hide_password(text: str) -> str:
-    """Replace the password of every amqp(s) URL in ``text`` with ``****``."""
+    """Replace the password of every URL in ``text`` (amqp://, redis://...) with ``****``."""
     return _PASSWORD_IN_URL.sub(r"\1****@", text)
 
 
-def _scrub_passwords(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    for key, value in event_dict.items():
-        if isinstance(value, str) and "amqp" in value:
-            event_dict[key] = hide_password(value)
-    return event_dict
+def _scrubbed(renderer: Any) -> Any:
+    """Scrub the finished line, so nested values and exception texts are covered too."""
+
+    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        return hide_password(renderer(logger, method, event_dict))
+
+    return render
 
 
 def configure_logging(
@@ -42,7 +42,6 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _scrub_passwords,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -65,7 +64,7 @@ def configure_logging(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                renderer,
+                _scrubbed(renderer),
             ],
         )
     )

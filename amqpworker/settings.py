@@ -13,6 +13,7 @@ import fnmatch
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -63,6 +64,7 @@ class Settings(BaseSettings):
     task_create_missing_queues: bool = True
 
     # Routing
+    routing_file: Path | None = None
     task_routes: dict[str, Route] = Field(default_factory=dict)
     task_default_queue: Annotated[str, Field(min_length=1)] = "amqpworker"
     task_default_exchange: str = ""
@@ -207,8 +209,8 @@ def describe_validation_error(exc: ValidationError, where: str = "setting") -> s
     for error in exc.errors():
         location = ".".join(str(part) for part in error["loc"]) or "?"
         got = error.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {hide_password(repr(got))})"
-        lines.append(f"{where} {location!r}: {error['msg']}{shown}")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(hide_password(f"{where} {location!r}: {error['msg']}{shown}"))
     return "; ".join(lines)
 
 

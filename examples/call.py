@@ -17,8 +17,11 @@ def main():
     print("slow_hello =", slow_hello.delay("world").get(timeout=10))
 
     async def from_asyncio():
-        result = await add.adelay(20, 22)
-        return await result
+        try:
+            result = await add.adelay(20, 22)
+            return await result
+        finally:
+            await app.aclose()
 
     print("from asyncio, add(20, 22) =", asyncio.run(from_asyncio()))
     app.close()

@@ -6,6 +6,7 @@ Portal` loop and run the very same coroutine there.
 """
 
 from __future__ import annotations
+import __future__
 
 import asyncio
 import contextlib
@@ -16,13 +17,16 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar, overload
 
 from ..exceptions import DuplicateTaskError, ImproperlyConfigured
 from ..portal import Portal
 from ..settings import Route, Settings, load_settings
+from ..topology import Topology
 from ..wire import TaskMessage, default_serializers
+from ..wire.message import CORE_HEADERS
 from ..wire.serializers import Serializer
 from .client import Client
 from .results import AsyncResult
@@ -78,6 +82,7 @@ class App:
         self._portal = Portal(f"amqpworker-{main or 'app'}")
         self._clients: dict[asyncio.AbstractEventLoop, asyncio.Task[Client]] = {}
         self._clients_lock = threading.Lock()
+        self._topology: tuple[Path | None, Topology] = (None, Topology())
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}>"
@@ -104,7 +109,7 @@ class App:
             else:
                 name = attr
             value = getattr(source, attr)
-            if isinstance(value, (ModuleType, type)) or callable(value):
+            if isinstance(value, (ModuleType, type, __future__._Feature)) or callable(value):
                 continue
             values[name] = value
         try:
@@ -120,6 +125,18 @@ class App:
                 f"environment variable {variable} is not set; it should name a settings module"
             )
         self.config_from_object(module)
+
+    @property
+    def topology(self) -> Topology:
+        """The routing file's topology (``routing_file``), loaded once per path."""
+        path = self.conf.routing_file
+        if path != self._topology[0]:
+            self._topology = (path, Topology.load(path) if path else Topology())
+        return self._topology[1]
+
+    def route_for(self, task_name: str) -> Route | None:
+        """``task_routes`` first, then the routing file's routes."""
+        return self.conf.route_for(task_name) or self.topology.route_for(task_name)
 
     # Tasks.
 
@@ -241,6 +258,10 @@ class App:
             raise TypeError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
         if options.get("countdown") is not None or options.get("eta") is not None:
             raise NotImplementedError("countdown and eta are not supported yet")
+        headers = dict(options.get("headers") or {})
+        clashing = sorted(CORE_HEADERS.intersection(headers))
+        if clashing:
+            raise TypeError(f"headers {clashing} are amqpworker's own; choose other names")
         task = task or self.tasks.get(name)
         conf = self.conf
         call_route = Route(
@@ -259,7 +280,9 @@ class App:
             if task is not None
             else Route()
         )
-        destination = resolve_destination(conf, name, call_route, task_route)
+        destination = resolve_destination(
+            conf, name, call_route, task_route, route=self.route_for(name)
+        )
         serializer = self.serializers.get(
             options.get("serializer") or (task and task.serializer) or conf.task_serializer
         )
@@ -283,7 +306,7 @@ class App:
             or conf.task_soft_time_limit,
             priority=destination.priority,
             ignore_result=bool(ignore_result),
-            headers=dict(options.get("headers") or {}),
+            headers=headers,
         )
         return message, destination, serializer
 
@@ -309,7 +332,12 @@ class App:
             raise
 
     async def _start_client(self) -> Client:
-        client = Client(self.conf, self.serializers, name=self.main or "amqpworker")
+        client = Client(
+            self.conf,
+            self.serializers,
+            name=self.main or "amqpworker",
+            topology=lambda: self.topology,
+        )
         await client.start()
         return client
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..broker import Broker
 from ..exceptions import DecodeError, MessageError
 from ..log import get_logger
 from ..settings import Settings
+from ..topology import Topology
 from ..wire import Envelope, ResultMessage, SerializerRegistry, TaskMessage
 from ..wire.serializers import Serializer
 from .results import ResultHub
@@ -27,7 +28,13 @@ log = get_logger(__name__)
 class Client:
     """Connection, reply queue and result hub of one app on one loop."""
 
-    def __init__(self, conf: Settings, serializers: SerializerRegistry, name: str) -> None:
+    def __init__(
+        self,
+        conf: Settings,
+        serializers: SerializerRegistry,
+        name: str,
+        topology: Callable[[], Topology] = Topology,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.conf = conf
         self.serializers = serializers
@@ -40,6 +47,7 @@ class Client:
             publish_timeout=conf.task_publish_timeout,
         )
         self.hub = ResultHub(conf.result_expires, self.loop)
+        self.topology = topology
         self._reply_to: str | None = None
         self._reply_lock = asyncio.Lock()
         self._reply_prefix = f"{name}.reply."
@@ -75,8 +83,11 @@ class Client:
     ) -> None:
         """Publish task messages, declaring missing queues first; one confirm wait for all."""
         if self.conf.task_create_missing_queues:
+            topology = self.topology()
             for queue in {dest.queue for _, dest, _ in messages if dest.queue}:
-                await self.broker.ensure_work_queue(queue, self.conf.task_queue_max_priority)
+                await self.broker.ensure_work_queue(
+                    topology.queue(queue), self.conf.task_queue_max_priority
+                )
         outgoing = [
             (message.encode(serializer), dest.exchange, dest.routing_key)
             for message, dest, serializer in messages

@@ -1,8 +1,8 @@
 """Where a task message goes: call options, then task options, then ``task_routes``.
 
 The precedence is Celery's: arguments to ``apply_async`` win over the task's own
-``queue=``/``exchange=`` options, which win over ``task_routes`` (exact names before
-globs), which win over the ``task_default_*`` settings.
+``queue=``/``exchange=`` options, which win over the configured route (``task_routes``,
+then the routing file; exact names before globs), which win over ``task_default_*``.
 """
 
 from __future__ import annotations
@@ -27,30 +27,32 @@ def resolve_destination(
     task_name: str,
     call: Route,
     task_options: Route,
+    route: Route | None = None,
 ) -> Destination:
-    """Merge the routing layers into one destination."""
+    """Merge the routing layers (call, task, the configured route) into one destination.
+
+    ``route`` is the configured route for the task; without one, ``task_routes`` is asked.
+    """
     layers = [call, task_options]
-    route = conf.route_for(task_name)
+    route = route or conf.route_for(task_name)
     if route is not None:
         layers.append(route)
 
-    def first(attr: str) -> str | int | None:
-        for layer in layers:
-            value = getattr(layer, attr)
-            if value is not None:
-                return value  # type: ignore[no-any-return]
-        return None
-
-    queue = first("queue")
-    exchange = first("exchange")
-    routing_key = first("routing_key")
-    priority = first("priority")
+    # The highest layer that names a queue or an exchange decides the destination as a
+    # whole (`apply_async(queue="urgent")` means that queue, whatever exchange a route
+    # set); a routing key counts from that layer or one above it.
+    deciding = next(
+        (i for i, layer in enumerate(layers) if layer.queue or layer.exchange is not None),
+        len(layers) - 1,
+    )
+    queue, exchange = layers[deciding].queue, layers[deciding].exchange
+    routing_key = next(
+        (layer.routing_key for layer in layers[: deciding + 1] if layer.routing_key is not None),
+        None,
+    )
+    priority = next((layer.priority for layer in layers if layer.priority is not None), None)
     if priority is None:
         priority = conf.task_default_priority
-    assert queue is None or isinstance(queue, str)
-    assert exchange is None or isinstance(exchange, str)
-    assert routing_key is None or isinstance(routing_key, str)
-    assert priority is None or isinstance(priority, int)
 
     if exchange is None:
         if queue is not None:

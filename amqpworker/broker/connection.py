@@ -24,13 +24,22 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 
-from ..exceptions import BrokerUnavailable, DeliveryLost, PublishError, UnroutableError
+from ..exceptions import (
+    BrokerUnavailable,
+    DeliveryLost,
+    PublishError,
+    TopologyMismatch,
+    UnroutableError,
+)
 from ..log import get_logger, hide_password
+from ..topology import QueueSpec, Topology
 from ..wire import Envelope
-from .topology import dlq_name, work_queue_arguments
+from . import declare
+from .declare import declare_queue
 
 log = get_logger(__name__)
 
@@ -117,7 +126,7 @@ class Broker:
         self.publish_timeout = publish_timeout
         self.url: str | None = None
         self._connection: AbstractRobustConnection | None = None
-        self._publisher: AbstractChannel | None = None
+        self._publisher: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._declared: set[str] = set()
 
@@ -141,9 +150,9 @@ class Broker:
                 errors.append(f"{hide_password(url)}: {exc or type(exc).__name__}")
                 continue
             self.url = url
-            self._publisher = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
+            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            assert isinstance(channel, AbstractRobustChannel)
+            self._publisher = channel
             return
         raise BrokerUnavailable("cannot connect to any broker: " + "; ".join(errors))
 
@@ -174,21 +183,46 @@ class Broker:
         return channel
 
     async def declare_work_queue(
-        self, queue: str, max_priority: int | None, channel: AbstractChannel | None = None
+        self,
+        spec: QueueSpec,
+        default_max_priority: int | None,
+        channel: AbstractChannel | None = None,
     ) -> AbstractQueue:
         """Declare a durable work queue and its dead-letter queue, idempotently."""
-        channel = channel or self._publishing_channel()
-        await channel.declare_queue(dlq_name(queue), durable=True)
-        declared = await channel.declare_queue(
-            queue, durable=True, arguments=work_queue_arguments(queue, max_priority)
+        declared = await declare_queue(
+            channel or self._publishing_channel(), spec, default_max_priority
         )
-        self._declared.add(queue)
+        self._declared.add(spec.name)
         return declared
 
-    async def ensure_work_queue(self, queue: str, max_priority: int | None) -> None:
+    async def declare_queue_named(self, name: str) -> None:
+        """Declare a plain durable queue (a DLQ) on the publishing channel."""
+        await self._publishing_channel().declare_queue(name, durable=True)
+
+    async def declare_for_worker(
+        self,
+        channel: AbstractChannel,
+        topology: Topology,
+        queues: list[str],
+        default_max_priority: int | None,
+    ) -> dict[str, AbstractQueue]:
+        """Declare a worker's queues and what feeds them; a mismatch is a plain report.
+
+        Raises:
+            TopologyMismatch: the broker has one of them with other arguments.
+        """
+        try:
+            return await declare.declare_for_queues(channel, topology, queues, default_max_priority)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            differences = await declare.check(
+                self.connection, topology, default_max_priority, queues=queues
+            )
+            raise TopologyMismatch(differences or [str(exc)]) from None
+
+    async def ensure_work_queue(self, spec: QueueSpec, default_max_priority: int | None) -> None:
         """Declare a work queue once per connection (publishers create missing queues)."""
-        if queue not in self._declared:
-            await self.declare_work_queue(queue, max_priority)
+        if spec.name not in self._declared:
+            await self.declare_work_queue(spec, default_max_priority)
 
     async def declare_reply_queue(self, name: str) -> AbstractQueue:
         """An exclusive queue for results; restored under the same name after a reconnect."""
@@ -206,10 +240,19 @@ class Broker:
                 no confirm came within ``publish_timeout``.
         """
         target = await self._exchange(exchange)
+        message = to_amqp(envelope)
         try:
-            await target.publish(
-                to_amqp(envelope), routing_key, mandatory=mandatory, timeout=self.publish_timeout
-            )
+            try:
+                await target.publish(
+                    message, routing_key, mandatory=mandatory, timeout=self.publish_timeout
+                )
+            except aiormq.exceptions.ChannelInvalidStateError:
+                # The channel is being restored (after a reconnect, or after the broker
+                # closed it over an earlier error): wait for it, then publish once more.
+                await asyncio.wait_for(self._publishing_channel().ready(), self.publish_timeout)
+                await target.publish(
+                    message, routing_key, mandatory=mandatory, timeout=self.publish_timeout
+                )
         except aiormq.exceptions.PublishError as exc:
             raise UnroutableError(
                 f"no queue is bound for exchange {exchange or '(default)'!r} "
@@ -224,6 +267,10 @@ class Broker:
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             self._exchanges.pop(exchange, None)
             raise PublishError(f"exchange {exchange!r} does not exist on the broker") from exc
+        except aiormq.exceptions.ChannelInvalidStateError as exc:
+            raise PublishError(
+                f"the channel did not come back within {self.publish_timeout}s"
+            ) from exc
 
     async def publish_many(self, messages: Iterable[Outgoing]) -> None:
         """Publish many messages at once and wait for all their confirms together."""
@@ -274,7 +321,7 @@ class Broker:
         self._exchanges[name] = found
         return found
 
-    def _publishing_channel(self) -> AbstractChannel:
+    def _publishing_channel(self) -> AbstractRobustChannel:
         if self._publisher is None:
             raise BrokerUnavailable("not connected; call connect() first")
         return self._publisher

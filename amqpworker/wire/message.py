@@ -90,7 +90,10 @@ class TaskMessage:
     def encode(self, serializer: Serializer) -> Envelope:
         """Serialize the arguments into the body and the rest into properties/headers."""
         body = serializer.dumps([list(self.args), dict(self.kwargs)])
-        headers: dict[str, Any] = dict(self.headers)
+        headers: dict[str, Any] = {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in self.headers.items()
+        }
         headers.update(
             {
                 "lang": "py",
@@ -143,7 +146,14 @@ class TaskMessage:
         task_id = headers.get("id") or envelope.correlation_id or envelope.message_id
         if not isinstance(task_id, str) or not task_id:
             raise MalformedMessage("header 'id' is missing or not a string")
-        retries = headers.get("retries", 0) or 0
+        version = headers.get(PROTOCOL_HEADER, PROTOCOL_VERSION)
+        if not isinstance(version, int) or version > PROTOCOL_VERSION:
+            raise MalformedMessage(
+                f"wire format version {version!r} is newer than this worker understands "
+                f"({PROTOCOL_VERSION}); upgrade the worker"
+            )
+        retries = headers.get("retries")
+        retries = 0 if retries is None else retries
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise MalformedMessage(
                 f"header 'retries' must be a non-negative integer, not {retries!r}"
@@ -166,7 +176,7 @@ class TaskMessage:
             soft_time_limit=soft,
             reply_to=envelope.reply_to or None,
             priority=envelope.priority,
-            ignore_result=bool(headers.get("ignore_result", False)),
+            ignore_result=headers.get("ignore_result") is True,
             headers={k: v for k, v in headers.items() if k not in CORE_HEADERS},
         )
 
@@ -212,7 +222,10 @@ def _time_limits(value: Any) -> tuple[float | None, float | None]:
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 2
-        or not all(v is None or (isinstance(v, (int, float)) and v > 0) for v in value)
+        or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
+            for v in value
+        )
     ):
         raise MalformedMessage("header 'timelimit' must be [hard, soft] seconds or nulls")
     return value[0], value[1]

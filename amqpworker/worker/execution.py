@@ -7,7 +7,7 @@ coroutines, so a task behaves the same whatever pool runs it.
 from __future__ import annotations
 
 import traceback as tb
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,26 +70,21 @@ def failure(exc: BaseException) -> Outcome:
 
 
 def finish(task: Task, request: Request, outcome: Outcome) -> Outcome:
-    """Run the task's hooks; a hook that raises is logged and does not change the outcome."""
+    """Run the task's hooks, each on its own: one that raises is logged, the rest still run."""
     task_id = request.id or ""
     args, kwargs = request.args, request.kwargs
-    try:
-        if outcome.exception is None:
-            task.on_success(outcome.value, task_id, args, kwargs)
-        else:
-            log.error(
-                "task failed",
-                error=f"{type(outcome.exception).__name__}: {outcome.exception}",
-            )
-            task.on_failure(outcome.exception, task_id, args, kwargs, outcome.traceback or "")
-        task.after_return(
-            outcome.status,
-            outcome.exception if outcome.exception is not None else outcome.value,
-            task_id,
-            args,
-            kwargs,
-            outcome.traceback,
-        )
-    except Exception:
-        log.exception("a task hook raised; the task's outcome stands")
+    if outcome.exception is None:
+        _hook(task.on_success, outcome.value, task_id, args, kwargs)
+    else:
+        log.error("task failed", error=f"{type(outcome.exception).__name__}: {outcome.exception}")
+        _hook(task.on_failure, outcome.exception, task_id, args, kwargs, outcome.traceback or "")
+    retval = outcome.exception if outcome.exception is not None else outcome.value
+    _hook(task.after_return, outcome.status, retval, task_id, args, kwargs, outcome.traceback)
     return outcome
+
+
+def _hook(hook: Callable[..., object], *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("a task hook raised; the task's outcome stands", hook=hook.__name__)

@@ -35,15 +35,18 @@ from typing import Any
 from ..app import App
 from ..app.client import Client
 from ..app.task import Request, Task
-from ..broker import Broker, Delivery, dlq_name
+from ..broker import Broker, Delivery
 from ..exceptions import DeliveryLost, MessageError, NotRegistered, TaskRevokedError
 from ..log import bound, get_logger, hide_password
+from ..topology import dlq_name
 from ..wire import ResultMessage, TaskMessage
 from ..wire.results import FAILURE, REVOKED, STARTED, exception_to_data, now_iso
 from .execution import Outcome, run_async, run_sync
 
 log = get_logger(__name__)
 
+#: How many times a message has been delivered, as counted by workers (classic queues).
+DELIVERIES_HEADER = "x-amqpworker-deliveries"
 DEAD_LETTER_HEADERS = (
     "x-amqpworker-reason",
     "x-amqpworker-detail",
@@ -94,6 +97,8 @@ class Worker:
         )
         self.hostname = hostname or f"{app.main or 'amqpworker'}@{socket.gethostname()}"
         self.stats = WorkerStats()
+        self.topology = app.topology
+        self._specs = {name: self.topology.queue(name) for name in self.queues}
         self.accepted = app.serializers.content_types(conf.accept_content)
         self._stop = asyncio.Event()
         self._stopping = False
@@ -167,11 +172,11 @@ class Worker:
         await self._consumer.connect()
         try:
             channel = await self._consumer.channel(prefetch=self.prefetch)
+            declared = await self._consumer.declare_for_worker(
+                channel, self.topology, self.queues, conf.task_queue_max_priority
+            )
             consumers = []
-            for name in self.queues:
-                queue = await self._consumer.declare_work_queue(
-                    name, conf.task_queue_max_priority, channel=channel
-                )
+            for queue in declared.values():
                 tag = await self._consumer.consume(channel, queue, self._on_delivery)
                 consumers.append((queue, tag))
             log.info("consuming", queues=self.queues, hostname=self.hostname)
@@ -215,15 +220,18 @@ class Worker:
         if self._stopping:
             await self._requeue(delivery)
             return
+        if delivery.redelivered and await self._count_redelivery(delivery):
+            return
         try:
             message = TaskMessage.decode(delivery.envelope, self.app.serializers, self.accepted)
         except MessageError as exc:
+            await self._tell_caller_it_failed(delivery, exc)
             await self._dead_letter(delivery, exc.reason, str(exc))
             return
         task = self.app.tasks.get(message.task)
         if task is None:
             error = NotRegistered(f"task {message.task!r} is not registered on this worker")
-            await self._report(message, _failed(message, error))
+            await self._report_quietly(message, _failed(message, error))
             await self._dead_letter(delivery, "unknown-task", str(error))
             return
         self._waiting.add(delivery)
@@ -248,11 +256,13 @@ class Worker:
         with bound(task_id=message.id, task_name=task.name):
             if message.expires is not None and message.expires <= dt.datetime.now(dt.timezone.utc):
                 revoked = TaskRevokedError(f"task {message.id} expired at {message.expires}")
-                await self._report(message, replace(_failed(message, revoked), status=REVOKED))
+                await self._report_quietly(
+                    message, replace(_failed(message, revoked), status=REVOKED)
+                )
                 await self._ack(delivery)
                 return
             if task.effective_track_started and message.reply_to:
-                await self._report(
+                await self._report_quietly(
                     message, ResultMessage(message.id, STARTED, None, None, now_iso(), task.name)
                 )
             acks_late = task.effective_acks_late
@@ -323,12 +333,75 @@ class Worker:
             assert self._client is not None
             await self._client.publish_result(message.reply_to, result)
 
+    async def _report_quietly(self, message: TaskMessage, result: ResultMessage) -> None:
+        """Report a state whose loss must not stop the delivery's handling."""
+        try:
+            await self._report(message, result)
+        except Exception as exc:
+            log.warning("could not send a state to the caller", state=result.status, error=str(exc))
+
+    async def _tell_caller_it_failed(self, delivery: Delivery, error: MessageError) -> None:
+        envelope = delivery.envelope
+        task_id = envelope.correlation_id or envelope.message_id
+        if not envelope.reply_to or not task_id:
+            return
+        name = envelope.headers.get("task")
+        failed = ResultMessage(
+            task_id,
+            FAILURE,
+            exception_to_data(error),
+            None,
+            now_iso(),
+            name if isinstance(name, str) else None,
+        )
+        try:
+            assert self._client is not None
+            await self._client.publish_result(envelope.reply_to, failed)
+        except Exception as exc:
+            log.warning("could not tell the caller about a bad message", error=str(exc))
+
     def _count(self, name: str, outcome: Outcome) -> None:
         if outcome.status == FAILURE:
             self.stats.failed += 1
         else:
             self.stats.succeeded += 1
         self.stats.by_task[name] = self.stats.by_task.get(name, 0) + 1
+
+    async def _count_redelivery(self, delivery: Delivery) -> bool:
+        """Count deliveries on classic queues; True when the delivery was dealt with here.
+
+        RabbitMQ tells a classic-queue consumer only *that* a message was redelivered,
+        not how often, so a message whose task kills the worker would loop forever. The
+        count travels in a header: the redelivered message is republished (confirmed)
+        with the count raised, then acked, and the copy is what runs next. Past the
+        queue's delivery limit it is dead-lettered as crash-looping instead. Quorum
+        queues count by themselves (``x-delivery-limit``), so they skip this.
+        """
+        spec = self._specs.get(delivery.queue) or self.topology.queue(delivery.queue)
+        if spec.type == "quorum":
+            return False
+        known = delivery.envelope.headers.get(DELIVERIES_HEADER)
+        deliveries = (known if isinstance(known, int) and known > 0 else 1) + 1
+        limit = spec.effective_delivery_limit
+        if deliveries > limit:
+            await self._dead_letter(
+                delivery,
+                "crash-looping",
+                f"delivered {deliveries} times without being acknowledged (limit {limit}); "
+                "its task may be killing the worker",
+            )
+            return True
+        headers = {**delivery.envelope.headers, DELIVERIES_HEADER: deliveries}
+        try:
+            assert self._client is not None
+            await self._client.broker.publish(
+                replace(delivery.envelope, headers=headers), "", delivery.queue
+            )
+        except Exception as exc:
+            log.warning("could not count a redelivery; running it as is", error=str(exc))
+            return False
+        await self._ack(delivery)
+        return True
 
     # Acknowledgement, requeue and dead-lettering.
 
@@ -370,16 +443,23 @@ class Worker:
             message_id=envelope.message_id,
             dead_letter_queue=dlq_name(delivery.queue),
         )
+        copy = replace(envelope, headers=headers)
+        assert self._client is not None
+        broker = self._client.broker
         try:
-            assert self._client is not None
-            await self._client.broker.publish(
-                replace(envelope, headers=headers), "", dlq_name(delivery.queue)
-            )
-        except Exception as exc:
-            log.warning("dead-letter copy failed; rejecting to the queue's DLX", error=str(exc))
-            with contextlib.suppress(DeliveryLost):
-                await delivery.reject(requeue=False)
-            return
+            await broker.publish(copy, "", dlq_name(delivery.queue))
+        except Exception as first:
+            # The DLQ may have been deleted under us: declare it again and retry once.
+            log.warning("dead-letter copy failed; declaring the DLQ again", error=str(first))
+            try:
+                await broker.declare_queue_named(dlq_name(delivery.queue))
+                await broker.publish(copy, "", dlq_name(delivery.queue))
+            except Exception as second:
+                # Rejecting now could drop it (its dead-letter target is what failed), so
+                # it goes back to its queue, where it stays visible until the DLQ works.
+                log.error("cannot dead-letter; message returned to its queue", error=str(second))
+                await self._requeue(delivery)
+                return
         await self._ack(delivery)
 
 

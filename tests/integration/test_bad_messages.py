@@ -75,3 +75,57 @@ def test_unknown_task_also_fails_the_callers_result(
     with pytest.raises(NotRegistered, match="not registered"):
         result.get(timeout=10)
     wait_for(lambda: admin.message_count(f"{queue}.dlq") == 1, 10, "the dead-lettered message")
+
+
+def test_undecodable_message_fails_the_waiting_caller(
+    app: App, admin, queue: str, start_worker
+) -> None:
+    start_worker(app)
+    client = app.portal_client()
+    reply_to = app._portal.call(client.reply_to())
+    admin.publish_raw(
+        queue,
+        aio_pika.Message(
+            body=b"{broken",
+            headers={"task": "tests.integration.sample_app.add", "id": "bad-1"},
+            content_type="application/json",
+            correlation_id="bad-1",
+            reply_to=reply_to,
+        ),
+    )
+    from amqpworker import AsyncResult
+    from amqpworker.exceptions import DecodeError
+
+    with pytest.raises(DecodeError, match="cannot decode"):
+        AsyncResult("bad-1", app=app).get(timeout=10)
+
+
+def test_newer_protocol_version_is_dead_lettered(app: App, admin, queue: str, start_worker) -> None:
+    start_worker(app)
+    headers = {"task": "tests.integration.sample_app.add", "id": "v2", "x-amqpworker-protocol": 2}
+    admin.publish_raw(queue, _raw(headers, b"[[1, 2], {}]"))
+    wait_for(lambda: admin.message_count(f"{queue}.dlq") == 1, 10, "the dead-lettered message")
+    [message] = admin.get_all(f"{queue}.dlq")
+    assert message.headers["x-amqpworker-reason"] == "malformed"
+    assert "newer" in message.headers["x-amqpworker-detail"]
+
+
+def test_deleted_dlq_is_declared_again_and_nothing_is_lost(
+    app: App, admin, queue: str, start_worker
+) -> None:
+    start_worker(app)
+    app.tasks["tests.integration.sample_app.add"].delay(1, 1).get(timeout=10)
+
+    async def delete_dlq(channel) -> None:
+        await channel.queue_delete(f"{queue}.dlq")
+
+    admin.run(admin._with_channel(delete_dlq))
+    admin.publish_raw(queue, _raw({"task": "no.such.task", "id": "z"}, b"[[], {}]"))
+    wait_for(lambda: _count_or_zero(admin, f"{queue}.dlq") == 1, 10, "the message in a new DLQ")
+
+
+def _count_or_zero(admin, queue: str) -> int:
+    try:
+        return admin.message_count(queue)
+    except Exception:
+        return 0

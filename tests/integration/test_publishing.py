@@ -82,3 +82,8 @@ async def test_asend_many_reports_an_unroutable_call(app: App) -> None:
             [(add, (1, 1)), (add, (1, 1), {}, {"exchange": "amq.direct", "routing_key": "void"})]
         )
     await app.aclose()
+
+
+def test_user_headers_cannot_replace_core_headers(app: App) -> None:
+    with pytest.raises(TypeError, match="'task'"):
+        app.tasks["tests.integration.sample_app.add"].apply_async((1, 2), headers={"task": "x"})

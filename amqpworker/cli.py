@@ -12,13 +12,18 @@ import importlib
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from .app import App
+from .broker import admin
 from .exceptions import AmqpWorkerError, ImproperlyConfigured
 from .log import configure_logging
+from .settings import Settings, load_settings
+from .topology import Topology
 from .worker import Worker
 
 APP_HELP = "The app: 'package.module:app', or 'package.module' holding an App named 'app'."
@@ -122,6 +127,7 @@ def main() -> None:
 )
 @click.option("--log-format", type=click.Choice(["console", "json"]), help="Log line format.")
 @click.option("-n", "--hostname", help="This worker's name (default app@host).")
+@click.option("--routing", type=click.Path(dir_okay=False), help="Routing YAML file.")
 def serve(
     app: App,
     queues: list[str] | None,
@@ -132,12 +138,15 @@ def serve(
     loglevel: str,
     log_format: str | None,
     hostname: str | None,
+    routing: str | None,
 ) -> None:
     """Consume queues and run tasks until SIGTERM."""
     configure_logging(
         loglevel, "json" if (log_format or app.conf.log_format) == "json" else "console"
     )
     try:
+        if routing:
+            app.conf.routing_file = Path(routing)
         app.import_includes()
         worker = Worker(
             app,
@@ -193,3 +202,200 @@ def call(
 
 def _printable(value: Any) -> Any:
     return f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else value
+
+
+# Operator commands: they need a broker, not necessarily an app.
+
+T = TypeVar("T")
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coroutine)
+    except AmqpWorkerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _optional_app(ctx: click.Context, param: click.Parameter, value: str | None) -> App | None:
+    return None if value is None else _app_callback(ctx, param, value)
+
+
+def _settings(app: App | None, broker: str | None) -> Settings:
+    conf = app.conf if app is not None else load_settings({})
+    if broker:
+        conf = conf.model_copy(
+            update={"broker_url": load_settings({"broker_url": broker}).broker_url}
+        )
+    return conf
+
+
+def _topology(app: App | None, routing: str | None) -> Topology:
+    try:
+        if routing:
+            return Topology.load(routing)
+        if app is not None and app.conf.routing_file:
+            return app.topology
+    except ImproperlyConfigured as exc:
+        raise click.UsageError(str(exc)) from exc
+    raise click.UsageError("no routing file: pass --routing FILE (or -A an app that sets one)")
+
+
+optional_app_option = click.option(
+    "-A", "--app", "app", help=APP_HELP, envvar="AMQPWORKER_APP", callback=_optional_app
+)
+broker_option = click.option(
+    "--broker", help="Broker URL(s), ';'-separated (default: the app's, or AMQPWORKER_BROKER_URL)."
+)
+routing_option = click.option(
+    "--routing", type=click.Path(dir_okay=False), help="Routing YAML file."
+)
+
+
+@main.group()
+def topology() -> None:
+    """Declare, show and check the routing file's exchanges, queues and bindings."""
+
+
+@topology.command("apply")
+@routing_option
+@optional_app_option
+@broker_option
+def topology_apply(routing: str | None, app: App | None, broker: str | None) -> None:
+    """Declare everything in the routing file (idempotent)."""
+    described = _topology(app, routing)
+    conf = _settings(app, broker)
+    _run(admin.apply_topology(conf.broker_url, described, conf.task_queue_max_priority))
+    click.echo(
+        f"applied: {len(described.exchanges)} exchanges, {len(described.queues)} queues "
+        f"(each with its .dlq), {len(described.bindings)} bindings"
+    )
+
+
+@topology.command("check")
+@routing_option
+@optional_app_option
+@broker_option
+def topology_check(routing: str | None, app: App | None, broker: str | None) -> None:
+    """Compare the routing file with the broker; exit 1 on any difference."""
+    described = _topology(app, routing)
+    conf = _settings(app, broker)
+    differences = _run(
+        admin.check_topology(conf.broker_url, described, conf.task_queue_max_priority)
+    )
+    if differences:
+        click.echo(f"{len(differences)} difference(s) between the file and the broker:")
+        for difference in differences:
+            click.echo(f"  - {difference}")
+        sys.exit(1)
+    click.echo(
+        f"ok: the broker has the {len(described.exchanges)} exchanges and "
+        f"{len(described.queues)} queues of the file, with the same arguments "
+        "(bindings cannot be read back over AMQP and are not compared)"
+    )
+
+
+@topology.command("show")
+@routing_option
+@optional_app_option
+def topology_show(routing: str | None, app: App | None) -> None:
+    """Print what the routing file declares, and where each of the app's tasks goes."""
+    described = _topology(app, routing)
+    default_priority = (app.conf if app else load_settings({})).task_queue_max_priority
+    click.echo("exchanges:")
+    for exchange in described.exchanges:
+        click.echo(
+            f"  {exchange.name} ({exchange.type}, {'durable' if exchange.durable else 'transient'})"
+        )
+    click.echo("queues:")
+    for queue in described.queues:
+        click.echo(f"  {queue.name} ({queue.type}) {queue.arguments_for(default_priority)}")
+    click.echo("bindings:")
+    for binding in described.bindings:
+        how = (
+            f"headers {binding.arguments()}" if binding.headers else f"key {binding.routing_key!r}"
+        )
+        click.echo(f"  {binding.exchange} -> {binding.queue} by {how}")
+    click.echo("routes:")
+    for route in described.routes:
+        click.echo(f"  {route.task} -> {_describe_route(route.as_route())}")
+    if app is not None:
+        if routing:
+            app.conf.routing_file = Path(routing)
+        click.echo("tasks:")
+        for name in sorted(app.tasks):
+            _, destination, _ = app.prepare(name, (), {}, app.tasks[name], {})
+            where = (
+                f"exchange {destination.exchange or '(default)'!r} key {destination.routing_key!r}"
+            )
+            click.echo(
+                f"  {name} -> {where}"
+                + (f" priority {destination.priority}" if destination.priority is not None else "")
+            )
+
+
+def _describe_route(route: Any) -> str:
+    parts = [
+        f"{field} {getattr(route, field)!r}"
+        for field in ("queue", "exchange", "routing_key", "priority")
+        if getattr(route, field) is not None
+    ]
+    return ", ".join(parts)
+
+
+@main.group()
+def dlq() -> None:
+    """Look into, replay and purge dead-letter queues (QUEUE or QUEUE.dlq)."""
+
+
+@dlq.command("list")
+@click.argument("queue")
+@optional_app_option
+@broker_option
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+def dlq_list(queue: str, app: App | None, broker: str | None, limit: int) -> None:
+    """Show dead letters (id, task, reason, age) without removing them."""
+    conf = _settings(app, broker)
+    letters = _run(admin.dlq_list(conf.broker_url, queue, limit))
+    click.echo(f"{len(letters)} message(s) in {admin.dlq_of(queue)}")
+    for letter in letters:
+        age = letter.age()
+        shown_age = f"{int(age.total_seconds())}s" if age is not None else "?"
+        click.echo(
+            f"  {letter.message_id or '-'}  {letter.task or '-'}  {letter.reason}  "
+            f"age {shown_age}  {letter.detail}"
+        )
+
+
+@dlq.command("replay")
+@click.argument("queue")
+@optional_app_option
+@broker_option
+@click.option("--id", "ids", multiple=True, help="Replay only this message id (repeatable).")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every message.")
+def dlq_replay(
+    queue: str, app: App | None, broker: str | None, ids: tuple[str, ...], replay_all: bool
+) -> None:
+    """Send dead letters back where they came from, with a fresh delivery history."""
+    if bool(ids) == replay_all:
+        raise click.UsageError("give either --id ID (one or more) or --all")
+    conf = _settings(app, broker)
+    report = _run(admin.dlq_replay(conf.broker_url, queue, ids))
+    click.echo(f"replayed {report.replayed} message(s) from {admin.dlq_of(queue)}")
+    for failure in report.failed:
+        click.echo(f"  not replayed: {failure}", err=True)
+    if report.failed or (ids and report.replayed < len(ids)):
+        sys.exit(1)
+
+
+@dlq.command("purge")
+@click.argument("queue")
+@optional_app_option
+@broker_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(queue: str, app: App | None, broker: str | None, yes: bool) -> None:
+    """Delete every message in the dead-letter queue."""
+    if not yes:
+        click.confirm(f"Delete every message in {admin.dlq_of(queue)}?", abort=True)
+    conf = _settings(app, broker)
+    purged = _run(admin.dlq_purge(conf.broker_url, queue))
+    click.echo(f"purged {purged} message(s) from {admin.dlq_of(queue)}")

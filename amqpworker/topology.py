@@ -63,7 +63,12 @@ class ExchangeSpec(_Entry):
 
 
 class QueueSpec(_Entry):
-    """A work queue; its dead-letter queue ``<name>.dlq`` comes with it."""
+    """A work queue; its dead-letter queue ``<name>.dlq`` comes with it.
+
+    ``prefetch`` overrides the worker's ``concurrency x prefetch_multiplier`` for this
+    queue's consumer: a priority queue only orders what is still *in* the queue, so
+    strict priority wants ``prefetch: 1`` (a prefetched message cannot be overtaken).
+    """
 
     name: Name
     type: Literal["classic", "quorum"] = "classic"
@@ -74,6 +79,7 @@ class QueueSpec(_Entry):
     overflow: Literal["drop-head", "reject-publish", "reject-publish-dlx"] | None = None
     dead_letter: bool = True
     delivery_limit: Annotated[int, Field(ge=1)] | None = None
+    prefetch: Annotated[int, Field(ge=1)] | None = None
     arguments: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -53,10 +53,19 @@ Outgoing = tuple[Envelope, str, str]
 class Delivery:
     """A message handed to a consumer, with ack/reject bound to the channel that delivered it."""
 
-    __slots__ = ("_message", "envelope", "exchange", "queue", "redelivered", "routing_key")
+    __slots__ = (
+        "_message",
+        "_prefetch",
+        "envelope",
+        "exchange",
+        "queue",
+        "redelivered",
+        "routing_key",
+    )
 
-    def __init__(self, message: AbstractIncomingMessage, queue: str) -> None:
+    def __init__(self, message: AbstractIncomingMessage, queue: str, prefetch: int = 0) -> None:
         self._message = message
+        self._prefetch = prefetch
         self.queue = queue
         self.exchange = message.exchange or ""
         self.routing_key = message.routing_key or ""
@@ -79,6 +88,21 @@ class Delivery:
             await self._message.ack()
         except aiormq.exceptions.ChannelInvalidStateError as exc:
             raise DeliveryLost("channel closed before the ack; it will be redelivered") from exc
+
+    async def ack_for_sure(self) -> None:
+        """Ack, then wait until the broker has processed it.
+
+        An ack written to the socket can still be lost if the process dies right after
+        (the kernel may reset the connection and drop unsent data). A synchronous method
+        on the same channel is answered only after the broker processed everything sent
+        before it, so its reply proves the ack landed. ``basic.qos`` with the channel's
+        own prefetch changes nothing.
+        """
+        await self.ack()
+        try:
+            await self._message.channel.basic_qos(prefetch_count=self._prefetch)
+        except aiormq.exceptions.ChannelInvalidStateError as exc:
+            raise DeliveryLost("channel closed right after the ack") from exc
 
     async def reject(self, requeue: bool) -> None:
         try:
@@ -105,6 +129,17 @@ def to_amqp(envelope: Envelope) -> aio_pika.Message:
             else aio_pika.DeliveryMode.NOT_PERSISTENT
         ),
     )
+
+
+class Consumer:
+    """A running consumer; :meth:`cancel` stops new deliveries."""
+
+    def __init__(self, queue: AbstractQueue, tag: str) -> None:
+        self.queue = queue
+        self.tag = tag
+
+    async def cancel(self) -> None:
+        await self.queue.cancel(self.tag)
 
 
 class Broker:
@@ -190,14 +225,14 @@ class Broker:
     ) -> AbstractQueue:
         """Declare a durable work queue and its dead-letter queue, idempotently."""
         declared = await declare_queue(
-            channel or self._publishing_channel(), spec, default_max_priority
+            channel or await self._ready_publisher(), spec, default_max_priority
         )
         self._declared.add(spec.name)
         return declared
 
     async def declare_queue_named(self, name: str) -> None:
         """Declare a plain durable queue (a DLQ) on the publishing channel."""
-        await self._publishing_channel().declare_queue(name, durable=True)
+        await (await self._ready_publisher()).declare_queue(name, durable=True)
 
     async def declare_for_worker(
         self,
@@ -226,7 +261,7 @@ class Broker:
 
     async def declare_reply_queue(self, name: str) -> AbstractQueue:
         """An exclusive queue for results; restored under the same name after a reconnect."""
-        channel = self._publishing_channel()
+        channel = await self._ready_publisher()
         return await channel.declare_queue(name, exclusive=True, auto_delete=True)
 
     async def publish(
@@ -247,9 +282,8 @@ class Broker:
                     message, routing_key, mandatory=mandatory, timeout=self.publish_timeout
                 )
             except aiormq.exceptions.ChannelInvalidStateError:
-                # The channel is being restored (after a reconnect, or after the broker
-                # closed it over an earlier error): wait for it, then publish once more.
-                await asyncio.wait_for(self._publishing_channel().ready(), self.publish_timeout)
+                # The channel closed between our readiness check and the publish.
+                await self._ready_publisher()
                 await target.publish(
                     message, routing_key, mandatory=mandatory, timeout=self.publish_timeout
                 )
@@ -284,17 +318,23 @@ class Broker:
 
     async def consume(
         self,
-        channel: AbstractChannel,
-        queue: AbstractQueue,
+        queue: str,
+        prefetch: int,
         on_delivery: Callable[[Delivery], Awaitable[None]],
-    ) -> str:
-        """Start a consumer with manual acks; returns its tag for :meth:`cancel`."""
-        name = queue.name
+    ) -> Consumer:
+        """Consume a declared queue with manual acks, on a channel of its own.
+
+        Its own channel keeps its own QoS (``prefetch``) across reconnects, and its acks
+        go back on the channel that delivered.
+        """
+        channel = await self.channel(prefetch=prefetch)
+        declared = await channel.get_queue(queue, ensure=True)
 
         async def deliver(message: AbstractIncomingMessage) -> None:
-            await on_delivery(Delivery(message, name))
+            await on_delivery(Delivery(message, queue, prefetch))
 
-        return await queue.consume(deliver, no_ack=False)
+        tag = await declared.consume(deliver, no_ack=False)
+        return Consumer(declared, tag)
 
     async def consume_no_ack(
         self, queue: AbstractQueue, on_envelope: Callable[[Envelope], Any]
@@ -307,10 +347,10 @@ class Broker:
         return await queue.consume(deliver, no_ack=True)
 
     async def _exchange(self, name: str) -> AbstractExchange:
+        channel = await self._ready_publisher()
         found = self._exchanges.get(name)
         if found is not None:
             return found
-        channel = self._publishing_channel()
         if name == "":
             found = channel.default_exchange
         else:
@@ -320,6 +360,21 @@ class Broker:
                 raise PublishError(f"exchange {name!r} does not exist on the broker") from exc
         self._exchanges[name] = found
         return found
+
+    async def _ready_publisher(self) -> AbstractRobustChannel:
+        """The publishing channel, once open.
+
+        The broker closes it over some errors (a missing exchange), and a reconnect
+        closes it; aio-pika restores it shortly after.
+        """
+        channel = self._publishing_channel()
+        try:
+            await asyncio.wait_for(channel.ready(), self.publish_timeout)
+        except asyncio.TimeoutError:
+            raise PublishError(
+                f"the publishing channel did not come back within {self.publish_timeout}s"
+            ) from None
+        return channel
 
     def _publishing_channel(self) -> AbstractRobustChannel:
         if self._publisher is None:

@@ -1,5 +1,6 @@
 """Wire format: pure data in and out of bytes. No I/O, no broker, no app."""
 
+from . import deadletter
 from .message import PROTOCOL_HEADER, PROTOCOL_VERSION, Envelope, TaskMessage
 from .results import ResultMessage
 from .serializers import Serializer, SerializerRegistry, default_serializers
@@ -12,5 +13,6 @@ __all__ = [
     "Serializer",
     "SerializerRegistry",
     "TaskMessage",
+    "deadletter",
     "default_serializers",
 ]

@@ -39,22 +39,11 @@ from ..broker import Broker, Delivery
 from ..exceptions import DeliveryLost, MessageError, NotRegistered, TaskRevokedError
 from ..log import bound, get_logger, hide_password
 from ..topology import dlq_name
-from ..wire import ResultMessage, TaskMessage
+from ..wire import ResultMessage, TaskMessage, deadletter
 from ..wire.results import FAILURE, REVOKED, STARTED, exception_to_data, now_iso
 from .execution import Outcome, run_async, run_sync
 
 log = get_logger(__name__)
-
-#: How many times a message has been delivered, as counted by workers (classic queues).
-DELIVERIES_HEADER = "x-amqpworker-deliveries"
-DEAD_LETTER_HEADERS = (
-    "x-amqpworker-reason",
-    "x-amqpworker-detail",
-    "x-amqpworker-queue",
-    "x-amqpworker-exchange",
-    "x-amqpworker-routing-key",
-    "x-amqpworker-dead-at",
-)
 
 
 @dataclass
@@ -108,6 +97,7 @@ class Worker:
         self._handlers: set[asyncio.Task[None]] = set()
         self._running: set[asyncio.Task[None]] = set()
         self._waiting: set[Delivery] = set()
+        self._settling: set[asyncio.Future[bool]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._client: Client | None = None
         self._consumer: Broker | None = None
@@ -116,14 +106,17 @@ class Worker:
 
     def banner(self) -> str:
         tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks)) or "  (none)"
+        queues = ", ".join(
+            f"{name} ({spec.type}, prefetch {spec.prefetch or self.prefetch})"
+            for name, spec in self._specs.items()
+        )
         broker = self._consumer.safe_url if self._consumer else self.app.conf.broker_url[0]
         return (
             f"amqpworker {self.hostname}\n"
             f"  app:         {self.app.main or '__main__'}\n"
             f"  broker:      {hide_password(broker)}\n"
-            f"  queues:      {', '.join(self.queues)}\n"
-            f"  pool:        {self.pool} (concurrency {self.concurrency}, "
-            f"prefetch {self.prefetch})\n"
+            f"  queues:      {queues}\n"
+            f"  pool:        {self.pool} (concurrency {self.concurrency})\n"
             f"[tasks]\n{tasks}"
         )
 
@@ -171,21 +164,24 @@ class Worker:
         )
         await self._consumer.connect()
         try:
-            channel = await self._consumer.channel(prefetch=self.prefetch)
-            declared = await self._consumer.declare_for_worker(
-                channel, self.topology, self.queues, conf.task_queue_max_priority
+            setup = await self._consumer.channel()
+            await self._consumer.declare_for_worker(
+                setup, self.topology, self.queues, conf.task_queue_max_priority
             )
-            consumers = []
-            for queue in declared.values():
-                tag = await self._consumer.consume(channel, queue, self._on_delivery)
-                consumers.append((queue, tag))
+            await setup.close()
+            consumers = [
+                await self._consumer.consume(
+                    name, self._specs[name].prefetch or self.prefetch, self._on_delivery
+                )
+                for name in self.queues
+            ]
             log.info("consuming", queues=self.queues, hostname=self.hostname)
             self._ready.set()
             await self._stop.wait()
             self._stopping = True
-            for queue, tag in consumers:
+            for consumer in consumers:
                 with contextlib.suppress(Exception):
-                    await queue.cancel(tag)
+                    await consumer.cancel()
             await self._drain()
         finally:
             await self._consumer.close()
@@ -220,8 +216,14 @@ class Worker:
         if self._stopping:
             await self._requeue(delivery)
             return
-        if delivery.redelivered and await self._count_redelivery(delivery):
-            return
+        if delivery.redelivered:
+            settling = asyncio.ensure_future(self._count_redelivery(delivery))
+            self._settling.add(settling)
+            try:
+                if await settling:
+                    return
+            finally:
+                self._settling.discard(settling)
         try:
             message = TaskMessage.decode(delivery.envelope, self.app.serializers, self.accepted)
         except MessageError as exc:
@@ -239,6 +241,10 @@ class Worker:
             if delivery not in self._waiting:  # requeued by a stop while waiting
                 return
             self._waiting.discard(delivery)
+            while self._settling:
+                # A counted copy may be this very message: it must not run (and maybe
+                # kill us) before the original's ack has reached the broker.
+                await asyncio.wait(set(self._settling))
             current = asyncio.current_task()
             assert current is not None
             self._running.add(current)
@@ -380,7 +386,7 @@ class Worker:
         spec = self._specs.get(delivery.queue) or self.topology.queue(delivery.queue)
         if spec.type == "quorum":
             return False
-        known = delivery.envelope.headers.get(DELIVERIES_HEADER)
+        known = delivery.envelope.headers.get(deadletter.DELIVERIES)
         deliveries = (known if isinstance(known, int) and known > 0 else 1) + 1
         limit = spec.effective_delivery_limit
         if deliveries > limit:
@@ -391,7 +397,7 @@ class Worker:
                 "its task may be killing the worker",
             )
             return True
-        headers = {**delivery.envelope.headers, DELIVERIES_HEADER: deliveries}
+        headers = {**delivery.envelope.headers, deadletter.DELIVERIES: deliveries}
         try:
             assert self._client is not None
             await self._client.broker.publish(
@@ -400,7 +406,12 @@ class Worker:
         except Exception as exc:
             log.warning("could not count a redelivery; running it as is", error=str(exc))
             return False
-        await self._ack(delivery)
+        # The copy may be delivered to us next and kill us too: the original's ack must
+        # have reached the broker by then, or both would come back.
+        try:
+            await delivery.ack_for_sure()
+        except DeliveryLost as exc:
+            log.warning("ack not confirmed", reason=str(exc))
         return True
 
     # Acknowledgement, requeue and dead-lettering.
@@ -416,23 +427,19 @@ class Worker:
         with contextlib.suppress(DeliveryLost):
             await delivery.reject(requeue=True)
 
-    async def _dead_letter(self, delivery: Delivery, reason: str, detail: str) -> None:
+    async def _dead_letter(
+        self, delivery: Delivery, reason: str, detail: str, exception: str | None = None
+    ) -> None:
         """Copy the message into ``<queue>.dlq`` with the reason, then ack the original."""
         envelope = delivery.envelope
-        headers: dict[str, Any] = dict(envelope.headers)
-        headers.update(
-            zip(
-                DEAD_LETTER_HEADERS,
-                (
-                    reason,
-                    detail[:1000],
-                    delivery.queue,
-                    delivery.exchange,
-                    delivery.routing_key,
-                    now_iso(),
-                ),
-                strict=True,
-            )
+        headers = deadletter.dead_letter_headers(
+            envelope.headers,
+            reason=reason,
+            detail=detail,
+            queue=delivery.queue,
+            exchange=delivery.exchange,
+            routing_key=delivery.routing_key,
+            exception=exception,
         )
         self.stats.dead_lettered += 1
         log.error(

@@ -83,6 +83,12 @@ class BrokerAdmin:
     def __init__(self, url: str) -> None:
         self.url = url
         self.created: set[str] = set()
+        self.exchanges: set[str] = set()
+
+    def new_exchange(self, prefix: str = "x") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        self.exchanges.add(name)
+        return name
 
     def new_queue(self, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
@@ -129,21 +135,22 @@ class BrokerAdmin:
         self.run(self._with_channel(publish))
 
     def cleanup(self) -> None:
-        async def delete(channel: Any) -> None:
-            for name in self.created:
-                with contextlib.suppress(Exception):
-                    await channel.queue_delete(name)
+        """Delete what this test declared; a failed deletion closes its channel, so each
+        runs on a fresh one."""
 
         async def delete_all() -> None:
             connection = await aio_pika.connect(self.url, timeout=5)
             try:
-                channel = await connection.channel()
-                await delete(channel)
+                for name in self.created:
+                    with contextlib.suppress(Exception):
+                        await (await connection.channel()).queue_delete(name)
+                for name in self.exchanges:
+                    with contextlib.suppress(Exception):
+                        await (await connection.channel()).exchange_delete(name)
             finally:
                 await connection.close()
 
-        with contextlib.suppress(Exception):
-            self.run(delete_all())
+        self.run(delete_all())
 
 
 @pytest.fixture

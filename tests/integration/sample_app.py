@@ -121,6 +121,17 @@ def create_app(**settings: Any) -> App:
         time.sleep(seconds)
         return name
 
+    @app.task
+    def label(name):  # type: ignore[no-untyped-def]
+        return name
+
+    @app.task
+    def crash_unless(path):  # type: ignore[no-untyped-def]
+        """Kill the worker process unless `path` exists (the bug is "fixed" by creating it)."""
+        if not Path(path).exists():
+            os._exit(1)
+        return "ran"
+
     return app
 
 

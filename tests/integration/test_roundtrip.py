@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from amqpworker import App, AsyncResult, states
+from amqpworker.exceptions import BrokerUnavailable
+
+from .sample_app import create_app
 
 
 def test_sync_delay_get(app: App, start_worker) -> None:
@@ -107,3 +112,21 @@ def test_msgpack_and_yaml_round_trip(app: App, start_worker) -> None:
     add = app.tasks["tests.integration.sample_app.add"]
     assert add.apply_async((1, 2), serializer="msgpack").get(timeout=10) == 3
     assert add.apply_async(([1], [2]), serializer="yaml").get(timeout=10) == [1, 2]
+
+
+def test_several_broker_urls_fail_over_on_connect(
+    broker_url: str, queue: str, start_worker
+) -> None:
+    dead = "amqp://guest:guest@127.0.0.1:1/"
+    app = create_app(broker_url=f"{dead};{broker_url}", task_default_queue=queue)
+    start_worker(app)
+    assert app.tasks["tests.integration.sample_app.add"].delay(1, 1).get(timeout=10) == 2
+    app.close()
+
+
+def test_no_reachable_broker_is_a_clear_error(queue: str) -> None:
+    app = create_app(broker_url="amqp://guest:secret@127.0.0.1:1/", task_default_queue=queue)
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1") as caught:
+        app.tasks["tests.integration.sample_app.add"].delay(1, 1)
+    assert "secret" not in str(caught.value)
+    app.close()

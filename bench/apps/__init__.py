@@ -1,0 +1,1 @@
+"""Apps and helper processes the benchmark starts."""

@@ -15,6 +15,8 @@
     │       └── MalformedMessage    headers missing or mistyped, or the body is not [args, kwargs]
     ├── TaskError                   a task failed with an exception we cannot rebuild here
     ├── TaskRevokedError            the task was revoked or expired before it ran
+    ├── Retry                       raised by ``task.retry()``: run again later
+    ├── MaxRetriesExceededError     ``task.retry()`` when no retries are left
     └── TimeoutError                ``get(timeout=...)`` ran out (also the builtin TimeoutError)
 
 A message that breaks the wire format carries a short ``reason`` that the worker writes
@@ -24,6 +26,9 @@ into the dead-letter copy's headers, so a person reading the DLQ knows why it is
 from __future__ import annotations
 
 import builtins
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class AmqpWorkerError(Exception):
@@ -113,6 +118,37 @@ class TaskError(AmqpWorkerError):
 
 class TaskRevokedError(AmqpWorkerError):
     """The task did not run: it was revoked, or it expired before a worker got to it."""
+
+
+class Retry(AmqpWorkerError):
+    """Raised by ``task.retry()``: the worker publishes the task again, delayed.
+
+    Attributes:
+        exc: the exception that caused the retry, if any.
+        when: seconds from now, or the datetime at which to run again.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | None = None,
+        when: float | dt.datetime | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.exc = exc
+        self.when = when
+        self.retry_args = args
+        self.retry_kwargs = kwargs
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else message or "retry"
+        when_text = (
+            f"in {when}s" if isinstance(when, (int, float)) else f"at {when}" if when else "now"
+        )
+        super().__init__(f"Retry {when_text}: {reason}")
+
+
+class MaxRetriesExceededError(AmqpWorkerError):
+    """The task asked for a retry, but it has no retries left."""
 
 
 class TimeoutError(AmqpWorkerError, builtins.TimeoutError):

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar, overload
+from zoneinfo import ZoneInfo
 
 from ..exceptions import DuplicateTaskError, ImproperlyConfigured
 from ..portal import Portal
@@ -256,8 +257,6 @@ class App:
         unknown = set(options) - CALL_OPTIONS
         if unknown:
             raise TypeError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
-        if options.get("countdown") is not None or options.get("eta") is not None:
-            raise NotImplementedError("countdown and eta are not supported yet")
         headers = dict(options.get("headers") or {})
         clashing = sorted(CORE_HEADERS.intersection(headers))
         if clashing:
@@ -297,7 +296,8 @@ class App:
             id=options.get("task_id") or str(uuid.uuid4()),
             root_id=parent.root_id if parent is not None else None,
             parent_id=parent.id if parent is not None else None,
-            expires=_expiry(options.get("expires")),
+            eta=_eta(options.get("countdown"), options.get("eta"), conf.timezone),
+            expires=_moment(options.get("expires"), conf.timezone, "expires"),
             time_limit=options.get("time_limit")
             or (task and task.time_limit)
             or conf.task_time_limit,
@@ -379,14 +379,23 @@ def _unpack_call(
     return target, args or (), kwargs or {}, options or {}
 
 
-def _expiry(value: float | dt.datetime | None) -> dt.datetime | None:
+def _moment(value: float | dt.datetime | None, timezone: str, name: str) -> dt.datetime | None:
+    """Seconds from now, or a datetime (naive ones are in the app's ``timezone``)."""
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    if isinstance(value, (int, float)):
+        return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(timezone))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=float(value))
-    raise TypeError(f"expires must be seconds or a datetime, not {type(value).__name__}")
+    raise TypeError(f"{name} must be seconds or a datetime, not {type(value).__name__}")
+
+
+def _eta(countdown: float | None, eta: dt.datetime | None, timezone: str) -> dt.datetime | None:
+    if countdown is not None and eta is not None:
+        raise TypeError("give countdown or eta, not both")
+    if eta is not None and not isinstance(eta, dt.datetime):
+        raise TypeError(f"eta must be a datetime, not {type(eta).__name__}")
+    return _moment(countdown if countdown is not None else eta, timezone, "countdown")
 
 
 def _import_object(path: str) -> object:

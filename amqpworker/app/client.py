@@ -9,9 +9,11 @@ callers, the worker's loop inside a worker.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import Callable, Sequence
 
+from .. import delay
 from ..broker import Broker
 from ..exceptions import DecodeError, MessageError
 from ..log import get_logger
@@ -88,10 +90,17 @@ class Client:
                 await self.broker.ensure_work_queue(
                     topology.queue(queue), self.conf.task_queue_max_priority
                 )
-        outgoing = [
-            (message.encode(serializer), dest.exchange, dest.routing_key)
-            for message, dest, serializer in messages
-        ]
+        now = dt.datetime.now(dt.timezone.utc)
+        outgoing = []
+        for message, dest, serializer in messages:
+            exchange, routing_key = dest.exchange, dest.routing_key
+            wait = (message.eta - now).total_seconds() if message.eta else 0.0
+            if wait >= 1:
+                # Whole seconds wait in the broker; the worker waits out the rest (< 1 s).
+                exchange, routing_key = await self.broker.delayed_target(
+                    exchange, routing_key, delay.whole_seconds(wait)
+                )
+            outgoing.append((message.encode(serializer), exchange, routing_key))
         if len(outgoing) == 1:
             await self.broker.publish(*outgoing[0])
         else:

@@ -8,13 +8,15 @@ alike, and reads as an empty eager request outside a worker.
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
+import random
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ImproperlyConfigured
+from ..exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
 from ..wire.results import PROGRESS, ResultMessage, now_iso
 
 if TYPE_CHECKING:
@@ -63,6 +65,8 @@ class Request:
     delivery_info: Mapping[str, Any] = field(default_factory=dict)
     hostname: str | None = None
     is_eager: bool = True
+    #: Set by ``retry()`` when it found no retries left; the worker dead-letters then.
+    retries_exhausted: bool = False
     publish_state: Callable[[ResultMessage], None] | None = field(default=None, repr=False)
 
 
@@ -193,6 +197,61 @@ class Task:
                 task_name=self.name,
             )
         )
+
+    def retry(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: dt.datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+    ) -> Retry:
+        """Ask the worker to run this task again later: ``raise self.retry(exc=exc)``.
+
+        Without ``countdown`` or ``eta`` the delay is ``default_retry_delay``, or, with
+        ``retry_backoff``, exponential (``retry_backoff * 2**retries`` seconds, at most
+        ``retry_backoff_max``, randomised down by ``retry_jitter``).
+
+        Raises:
+            Retry: always, unless ``throw=False`` (then it is returned).
+            MaxRetriesExceededError: no retries left and no ``exc`` given; with ``exc``,
+                that exception is raised instead.
+        """
+        request = self.request
+        limit = self._or_setting(
+            max_retries if max_retries is not None else self.max_retries, "task_max_retries"
+        )
+        if limit is not None and request.retries >= limit:
+            request.retries_exhausted = True
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"{self.name}[{request.id}] asked for retry {request.retries + 1} "
+                f"but max_retries is {limit}"
+            )
+        when: float | dt.datetime
+        if eta is not None:
+            when = eta
+        elif countdown is not None:
+            when = countdown
+        elif self.retry_backoff:
+            when = self.backoff(request.retries)
+        else:
+            when = self._or_setting(self.default_retry_delay, "task_default_retry_delay")
+        retry = Retry(exc=exc, when=when, args=args, kwargs=kwargs)
+        if throw:
+            raise retry
+        return retry
+
+    def backoff(self, retries: int) -> float:
+        """Seconds before retry number ``retries + 1`` under ``retry_backoff``."""
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        countdown = min(self.retry_backoff_max, factor * (2**retries))
+        if self.retry_jitter:
+            countdown = random.uniform(0, countdown)
+        return float(countdown)
 
     # Hooks a base class may override; they run in the worker.
 

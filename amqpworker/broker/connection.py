@@ -28,6 +28,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from .. import delay
 from ..exceptions import (
     BrokerUnavailable,
     DeliveryLost,
@@ -56,6 +57,7 @@ class Delivery:
     __slots__ = (
         "_message",
         "_prefetch",
+        "_settled",
         "envelope",
         "exchange",
         "queue",
@@ -66,6 +68,7 @@ class Delivery:
     def __init__(self, message: AbstractIncomingMessage, queue: str, prefetch: int = 0) -> None:
         self._message = message
         self._prefetch = prefetch
+        self._settled = False
         self.queue = queue
         self.exchange = message.exchange or ""
         self.routing_key = message.routing_key or ""
@@ -84,6 +87,10 @@ class Delivery:
         )
 
     async def ack(self) -> None:
+        """Acknowledge once; later acks and rejects of a settled delivery do nothing."""
+        if self._settled:
+            return
+        self._settled = True
         try:
             await self._message.ack()
         except aiormq.exceptions.ChannelInvalidStateError as exc:
@@ -105,6 +112,9 @@ class Delivery:
             raise DeliveryLost("channel closed right after the ack") from exc
 
     async def reject(self, requeue: bool) -> None:
+        if self._settled:
+            return
+        self._settled = True
         try:
             await self._message.reject(requeue=requeue)
         except aiormq.exceptions.ChannelInvalidStateError as exc:
@@ -164,6 +174,8 @@ class Broker:
         self._publisher: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._declared: set[str] = set()
+        self._delays_declared = False
+        self._landings: set[tuple[str, str]] = set()
 
     @property
     def safe_url(self) -> str:
@@ -207,6 +219,8 @@ class Broker:
         self._connection = self._publisher = None
         self._exchanges.clear()
         self._declared.clear()
+        self._landings.clear()
+        self._delays_declared = False
 
     async def channel(self, prefetch: int | None = None) -> AbstractChannel:
         """A new channel; ``prefetch`` sets per-consumer QoS (never global: quorum-safe)."""
@@ -305,6 +319,26 @@ class Broker:
             raise PublishError(
                 f"the channel did not come back within {self.publish_timeout}s"
             ) from exc
+
+    async def delayed_target(
+        self, exchange: str, routing_key: str, seconds: int
+    ) -> tuple[str, str]:
+        """Where to publish a message that should reach (exchange, routing_key) later.
+
+        The delay topology and the destination's landing queue are declared on first use
+        by this connection.
+        """
+        if not self._delays_declared or (exchange, routing_key) not in self._landings:
+            channel = await self._ready_publisher()
+            if not self._delays_declared:
+                await declare.declare_delay_topology(channel)
+                self._delays_declared = True
+            await declare.declare_landing(channel, exchange, routing_key)
+            self._landings.add((exchange, routing_key))
+        return (
+            delay.level_name(delay.entry_level(seconds)),
+            delay.routing_key(seconds, exchange, routing_key),
+        )
 
     async def publish_many(self, messages: Iterable[Outgoing]) -> None:
         """Publish many messages at once and wait for all their confirms together."""

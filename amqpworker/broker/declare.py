@@ -16,6 +16,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue, ExchangeType
 
+from .. import delay
 from ..topology import BUILTIN_EXCHANGES, BindingSpec, ExchangeSpec, QueueSpec, Topology, dlq_name
 
 _INEQUIVALENT = re.compile(
@@ -63,6 +64,46 @@ async def apply(
         await declare_queue(channel, queue, default_max_priority)
     for binding in topology.bindings:
         await bind(channel, binding)
+    await declare_delay_topology(channel)
+    for queue in topology.queues:
+        await declare_landing(channel, "", queue.name)
+
+
+async def declare_delay_topology(channel: AbstractChannel) -> None:
+    """Declare the delay levels, idempotently (see :mod:`amqpworker.delay`)."""
+    deliver = await channel.declare_exchange(
+        delay.DELIVER_EXCHANGE, ExchangeType.TOPIC, durable=True
+    )
+    below = deliver
+    for level in range(delay.LEVELS):
+        name = delay.level_name(level)
+        exchange = await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-message-ttl": delay.level_ttl_ms(level),
+                "x-dead-letter-exchange": below.name,
+            },
+        )
+        bit_set, bit_clear = delay.level_binding_keys(level)
+        await queue.bind(exchange, bit_set)
+        await below.bind(exchange, bit_clear)
+        below = exchange
+
+
+async def declare_landing(channel: AbstractChannel, exchange: str, routing_key: str) -> None:
+    """The TTL-0 queue that hands a delayed message to its destination when its time came."""
+    queue = await channel.declare_queue(
+        delay.landing_queue(exchange, routing_key),
+        durable=True,
+        arguments={
+            "x-message-ttl": 0,
+            "x-dead-letter-exchange": exchange,
+            "x-dead-letter-routing-key": routing_key,
+        },
+    )
+    await queue.bind(delay.DELIVER_EXCHANGE, f"#.{delay.landing_id(exchange, routing_key)}")
 
 
 async def declare_for_queues(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import MalformedMessage
+from .deadletter import fresh_headers
 from .serializers import Serializer, SerializerRegistry
 
 PROTOCOL_VERSION = 1
@@ -122,8 +123,21 @@ class TaskMessage:
             correlation_id=self.id,
             reply_to=None if self.ignore_result else self.reply_to,
             priority=self.priority,
+            expiration=self._broker_expiration(),
             type=self.task,
         )
+
+    def _broker_expiration(self) -> float | None:
+        """Seconds until the broker may drop the message, where that is safe.
+
+        Only without a delay (a per-message TTL in a delay level would cut the delay
+        short) and without a caller waiting (a message the broker drops, or moves to the
+        DLQ, never tells its caller REVOKED; the worker's ``expires`` check does).
+        """
+        if self.expires is None or self.eta is not None or not self.ignore_result:
+            return None
+        remaining = (self.expires - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        return max(remaining, 0.001)
 
     @classmethod
     def decode(
@@ -177,7 +191,9 @@ class TaskMessage:
             reply_to=envelope.reply_to or None,
             priority=envelope.priority,
             ignore_result=headers.get("ignore_result") is True,
-            headers={k: v for k, v in headers.items() if k not in CORE_HEADERS},
+            # Delivery history (x-death, our counters) stays behind: a retry or replay
+            # that carried x-death could be dropped by RabbitMQ's dead-letter cycle check.
+            headers={k: v for k, v in fresh_headers(headers).items() if k not in CORE_HEADERS},
         )
 
 

@@ -12,20 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..app.task import Request, Task, current_request
+from ..exceptions import Retry
 from ..log import bound, get_logger
-from ..wire.results import FAILURE, SUCCESS, ResultMessage, exception_to_data, now_iso
+from ..wire.results import FAILURE, RETRY, SUCCESS, ResultMessage, exception_to_data, now_iso
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a run ended."""
+    """How a run ended. A RETRY outcome carries the :class:`Retry` as ``retry``."""
 
     status: str
     value: Any = None
     exception: BaseException | None = None
     traceback: str | None = None
+    retry: Retry | None = None
 
     def as_result(self, request: Request) -> ResultMessage:
         result = exception_to_data(self.exception) if self.exception is not None else self.value
@@ -47,7 +49,7 @@ def run_sync(task: Task, request: Request) -> Outcome:
             try:
                 value = task.run(*request.args, **request.kwargs)
             except Exception as exc:
-                return finish(task, request, failure(exc))
+                return finish(task, request, _failed_or_retried(task, exc))
             return finish(task, request, Outcome(SUCCESS, value))
     finally:
         current_request.reset(token)
@@ -61,7 +63,7 @@ async def run_async(task: Task, request: Request) -> Outcome:
             coroutine: Awaitable[Any] = task.run(*request.args, **request.kwargs)
             value = await coroutine
         except Exception as exc:
-            return finish(task, request, failure(exc))
+            return finish(task, request, _failed_or_retried(task, exc))
         return finish(task, request, Outcome(SUCCESS, value))
 
 
@@ -69,10 +71,30 @@ def failure(exc: BaseException) -> Outcome:
     return Outcome(FAILURE, exception=exc, traceback=tb.format_exc())
 
 
+def _failed_or_retried(task: Task, exc: Exception) -> Outcome:
+    """A raised Retry, or an ``autoretry_for`` exception, is a retry; the rest fail."""
+    if isinstance(exc, Retry):
+        return Outcome(RETRY, exception=exc.exc or exc, traceback=tb.format_exc(), retry=exc)
+    if task.autoretry_for and isinstance(exc, task.autoretry_for):
+        trace = tb.format_exc()
+        try:
+            task.retry(exc=exc)
+        except Retry as retry:
+            return Outcome(RETRY, exception=exc, traceback=trace, retry=retry)
+        except Exception as final:
+            return Outcome(FAILURE, exception=final, traceback=trace)
+    return failure(exc)
+
+
 def finish(task: Task, request: Request, outcome: Outcome) -> Outcome:
     """Run the task's hooks, each on its own: one that raises is logged, the rest still run."""
     task_id = request.id or ""
     args, kwargs = request.args, request.kwargs
+    if outcome.retry is not None:
+        log.warning("task will be retried", reason=str(outcome.retry))
+        assert outcome.exception is not None
+        _hook(task.on_retry, outcome.exception, task_id, args, kwargs, outcome.traceback or "")
+        return outcome
     if outcome.exception is None:
         _hook(task.on_success, outcome.value, task_id, args, kwargs)
     else:

@@ -34,13 +34,14 @@ from typing import Any
 
 from ..app import App
 from ..app.client import Client
+from ..app.routing import Destination
 from ..app.task import Request, Task
 from ..broker import Broker, Delivery
 from ..exceptions import DeliveryLost, MessageError, NotRegistered, TaskRevokedError
 from ..log import bound, get_logger, hide_password
 from ..topology import dlq_name
 from ..wire import ResultMessage, TaskMessage, deadletter
-from ..wire.results import FAILURE, REVOKED, STARTED, exception_to_data, now_iso
+from ..wire.results import FAILURE, RETRY, REVOKED, STARTED, exception_to_data, now_iso
 from .execution import Outcome, run_async, run_sync
 
 log = get_logger(__name__)
@@ -236,6 +237,8 @@ class Worker:
             await self._report_quietly(message, _failed(message, error))
             await self._dead_letter(delivery, "unknown-task", str(error))
             return
+        if message.eta is not None and await self._not_yet(delivery, message):
+            return
         self._waiting.add(delivery)
         async with self._slots:
             if delivery not in self._waiting:  # requeued by a stop while waiting
@@ -277,6 +280,12 @@ class Worker:
             outcome = await self._run(task, request)
             self._count(task.name, outcome)
             await self._flush_states(request)
+            if outcome.retry is not None:
+                await self._retry(delivery, message, outcome)
+                return
+            if request.retries_exhausted and outcome.exception is not None:
+                await self._give_up(delivery, message, outcome, request)
+                return
             if not task.effective_ignore_result:
                 try:
                     await self._report(message, outcome.as_result(request))
@@ -289,6 +298,86 @@ class Worker:
                         return
             if acks_late:
                 await self._ack(delivery)
+
+    async def _not_yet(self, delivery: Delivery, message: TaskMessage) -> bool:
+        """Honour a message's eta; True when it went back to wait in the broker.
+
+        The delay topology delivers up to a second early (it waits whole seconds); that
+        remainder is slept here. A message that is earlier than that (a Celery client's
+        eta, clock skew between hosts) goes back through the delay topology: a worker
+        never holds a delayed message.
+        """
+        assert message.eta is not None
+        wait = (message.eta - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        if wait <= 0:
+            return False
+        if wait < 1.0:
+            await asyncio.sleep(wait)
+            return False
+        try:
+            await self._publish_again(delivery, message)
+        except Exception as exc:
+            log.error("could not delay the message again; requeueing it", error=str(exc))
+            await self._requeue(delivery)
+            return True
+        await self._ack(delivery)
+        return True
+
+    async def _publish_again(self, delivery: Delivery, message: TaskMessage) -> None:
+        """Publish a message to the queue it came from (delayed if its eta says so)."""
+        assert self._client is not None
+        serializer = self.app.serializers.get(delivery.envelope.content_type or "json")
+        destination = Destination("", delivery.queue, delivery.queue, message.priority)
+        await self._client.publish_tasks([(message, destination, serializer)])
+
+    async def _retry(self, delivery: Delivery, message: TaskMessage, outcome: Outcome) -> None:
+        """Publish the task again with ``retries + 1`` through the delay topology, then ack."""
+        retry = outcome.retry
+        assert retry is not None
+        now = dt.datetime.now(dt.timezone.utc)
+        if isinstance(retry.when, dt.datetime):
+            eta = retry.when if retry.when.tzinfo else retry.when.replace(tzinfo=dt.timezone.utc)
+        else:
+            eta = now + dt.timedelta(seconds=float(retry.when or 0))
+        again = replace(
+            message,
+            retries=message.retries + 1,
+            eta=eta,
+            args=message.args if retry.retry_args is None else tuple(retry.retry_args),
+            kwargs=message.kwargs if retry.retry_kwargs is None else dict(retry.retry_kwargs),
+        )
+        try:
+            await self._publish_again(delivery, again)
+        except Exception as exc:
+            log.error("could not publish the retry; the message goes back", error=str(exc))
+            await self._requeue(delivery)
+            return
+        await self._report_quietly(
+            message,
+            ResultMessage(
+                message.id,
+                RETRY,
+                exception_to_data(outcome.exception or retry),
+                outcome.traceback,
+                now_iso(),
+                message.task,
+            ),
+        )
+        await self._ack(delivery)
+
+    async def _give_up(
+        self, delivery: Delivery, message: TaskMessage, outcome: Outcome, request: Request
+    ) -> None:
+        """No retries left: the caller gets the failure, the message goes to the DLQ."""
+        await self._report_quietly(message, outcome.as_result(request))
+        exception = outcome.exception
+        assert exception is not None
+        await self._dead_letter(
+            delivery,
+            "failed-after-retries",
+            f"{type(exception).__name__}: {exception} (after {message.retries} retries)",
+            exception=outcome.traceback,
+        )
 
     async def _run(self, task: Task, request: Request) -> Outcome:
         if task.is_coroutine:

@@ -126,6 +126,22 @@ def create_app(**settings: Any) -> App:
         return name
 
     @app.task
+    def clock():  # type: ignore[no-untyped-def]
+        """When the task ran, by the worker's clock."""
+        return time.time()
+
+    @app.task(bind=True, retry_backoff=0.2, autoretry_for=(ConnectionError,), max_retries=5)
+    def flaky(self, failures):  # type: ignore[no-untyped-def]
+        """Fails `failures` times with ConnectionError, then succeeds."""
+        if self.request.retries < failures:
+            raise ConnectionError(f"attempt {self.request.retries + 1} failed")
+        return self.request.retries
+
+    @app.task(bind=True, max_retries=2)
+    def always_retry(self):  # type: ignore[no-untyped-def]
+        raise self.retry(countdown=0.2)
+
+    @app.task
     def crash_unless(path):  # type: ignore[no-untyped-def]
         """Kill the worker process unless `path` exists (the bug is "fixed" by creating it)."""
         if not Path(path).exists():

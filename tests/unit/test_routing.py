@@ -246,14 +246,30 @@ def test_prepare_unknown_call_option_is_a_type_error(app: App) -> None:
         app.prepare("job", (), None, None, {"queu": "x", "retry_policy": {}})
 
 
+def test_prepare_countdown_becomes_an_eta(app: App) -> None:
+    before = dt.datetime.now(dt.timezone.utc)
+    message, _, _ = app.prepare("job", (), None, None, {"countdown": 10})
+    assert message.eta is not None
+    assert before + dt.timedelta(seconds=10) <= message.eta <= before + dt.timedelta(seconds=11)
+
+
+def test_prepare_naive_eta_is_in_the_apps_timezone(app: App) -> None:
+    app.conf.timezone = "Asia/Shanghai"
+    message, _, _ = app.prepare("job", (), None, None, {"eta": dt.datetime(2030, 1, 1, 8, 0)})
+    assert message.eta == dt.datetime(2030, 1, 1, 0, 0, tzinfo=dt.timezone.utc)
+
+
 @pytest.mark.parametrize(
-    "options",
-    [{"countdown": 10}, {"eta": dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)}],
+    ("options", "problem"),
+    [
+        ({"countdown": 1, "eta": dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)}, "not both"),
+        ({"eta": 10}, "eta must be a datetime"),
+        ({"countdown": "soon"}, "countdown must be seconds"),
+        ({"expires": "later"}, "expires must be seconds"),
+    ],
 )
-def test_prepare_countdown_and_eta_are_not_implemented_yet(
-    app: App, options: dict[str, Any]
-) -> None:
-    with pytest.raises(NotImplementedError, match="countdown and eta"):
+def test_prepare_rejects_bad_times(app: App, options: dict[str, Any], problem: str) -> None:
+    with pytest.raises(TypeError, match=problem):
         app.prepare("job", (), None, None, options)
 
 

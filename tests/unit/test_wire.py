@@ -483,18 +483,49 @@ def test_false_is_not_a_retry_count(serializers: SerializerRegistry) -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not built yet: the AMQP 'expiration' property (besides the 'expires' header) "
-    "is part of the delay and expiry work (issue 4), which decides where it is safe",
-)
-def test_expires_sets_the_expiration_property(serializers: SerializerRegistry) -> None:
+def test_expires_sets_the_expiration_property_when_nobody_waits(
+    serializers: SerializerRegistry,
+) -> None:
     expires = dt.datetime.now(UTC) + dt.timedelta(seconds=60)
+    message = TaskMessage("app.add", expires=expires, ignore_result=True)
 
-    envelope = TaskMessage("app.add", expires=expires).encode(serializers.get("json"))
+    envelope = message.encode(serializers.get("json"))
 
     assert envelope.expiration is not None
     assert 0 < envelope.expiration <= 60
+
+
+def test_no_expiration_property_when_a_caller_waits_for_revoked(
+    serializers: SerializerRegistry,
+) -> None:
+    expires = dt.datetime.now(UTC) + dt.timedelta(seconds=60)
+    envelope = TaskMessage("app.add", expires=expires).encode(serializers.get("json"))
+    assert envelope.expiration is None
+    assert envelope.headers["expires"] == expires.isoformat()
+
+
+def test_no_expiration_property_on_a_delayed_message(serializers: SerializerRegistry) -> None:
+    now = dt.datetime.now(UTC)
+    message = TaskMessage(
+        "app.add",
+        eta=now + dt.timedelta(seconds=30),
+        expires=now + dt.timedelta(seconds=60),
+        ignore_result=True,
+    )
+    assert message.encode(serializers.get("json")).expiration is None
+
+
+def test_history_headers_are_not_user_headers(serializers: SerializerRegistry) -> None:
+    envelope = TaskMessage("app.add", headers={"tenant": "a"}).encode(serializers.get("json"))
+    headers = {
+        **envelope.headers,
+        "x-death": [{"queue": "amqpworker.delay.03", "reason": "expired"}],
+        "x-amqpworker-deliveries": 2,
+    }
+    decoded = TaskMessage.decode(
+        replace(envelope, headers=headers), serializers, accepted(serializers)
+    )
+    assert dict(decoded.headers) == {"tenant": "a"}
 
 
 # Result messages.

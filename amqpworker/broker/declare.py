@@ -112,7 +112,9 @@ async def declare_for_queues(
     queues: list[str],
     default_max_priority: int | None,
 ) -> dict[str, AbstractQueue]:
-    """What a worker needs: its queues, and the exchanges and bindings that feed them."""
+    """What a worker needs: its queues, what feeds them, and the delay levels (its retries
+    and early messages go through them) with a landing queue for each of its queues.
+    """
     declared = {}
     for name in queues:
         declared[name] = await declare_queue(channel, topology.queue(name), default_max_priority)
@@ -121,6 +123,9 @@ async def declare_for_queues(
             if feeding is not None:
                 await declare_exchange(channel, feeding)
             await bind(channel, binding)
+    await declare_delay_topology(channel)
+    for name in queues:
+        await declare_landing(channel, "", name)
     return declared
 
 

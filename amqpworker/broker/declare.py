@@ -112,8 +112,10 @@ async def declare_for_queues(
     queues: list[str],
     default_max_priority: int | None,
 ) -> dict[str, AbstractQueue]:
-    """What a worker needs: its queues, what feeds them, and the delay levels (its retries
-    and early messages go through them) with a landing queue for each of its queues.
+    """What a worker needs: its queues, what feeds them, and the delay levels.
+
+    Its retries and early messages go through the levels, so it also declares a landing
+    queue for each of its queues.
     """
     declared = {}
     for name in queues:

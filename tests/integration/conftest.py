@@ -27,6 +27,7 @@ import aio_pika
 import pytest
 
 from amqpworker import App
+from amqpworker.delay import landing_queue
 from amqpworker.worker import Worker
 
 from .sample_app import create_app
@@ -91,8 +92,9 @@ class BrokerAdmin:
         return name
 
     def new_queue(self, prefix: str = "t") -> str:
+        """A fresh queue name; it, its DLQ and its delay landing queue are deleted after."""
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        self.created.update({name, f"{name}.dlq"})
+        self.created.update({name, f"{name}.dlq", landing_queue("", name)})
         return name
 
     def run(self, coroutine: Any) -> Any:

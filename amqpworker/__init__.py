@@ -2,6 +2,8 @@
 
 from . import exceptions, states
 from .app import App, AsyncResult, Request, Task
+from .app.canvas import Signature, chain, chord, chunks, group, signature
+from .app.results import GroupResult
 from .exceptions import (
     AmqpWorkerError,
     ImproperlyConfigured,
@@ -21,6 +23,14 @@ __all__ = [  # noqa: RUF022 - grouped by what they are, as in httpx
     "Request",
     "Serializer",
     "Task",
+    # Workflows
+    "GroupResult",
+    "Signature",
+    "chain",
+    "chord",
+    "chunks",
+    "group",
+    "signature",
     # Errors
     "AmqpWorkerError",
     "ImproperlyConfigured",

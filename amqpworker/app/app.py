@@ -29,6 +29,7 @@ from ..topology import Topology
 from ..wire import TaskMessage, default_serializers
 from ..wire.message import CORE_HEADERS
 from ..wire.serializers import Serializer
+from .builtins import register_builtins
 from .client import Client
 from .results import AsyncResult
 from .routing import Destination, resolve_destination
@@ -79,14 +80,22 @@ class App:
         self.main = main
         self.conf: Settings = load_settings(settings)
         self.tasks: dict[str, Task] = {}
+        #: amqpworker's own tasks (map, starmap), kept out of the user's registry.
+        self.builtin_tasks: dict[str, Task] = {}
         self.serializers = default_serializers()
         self._portal = Portal(f"amqpworker-{main or 'app'}")
         self._clients: dict[asyncio.AbstractEventLoop, asyncio.Task[Client]] = {}
         self._clients_lock = threading.Lock()
         self._topology: tuple[Path | None, Topology] = (None, Topology())
+        register_builtins(self)
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}>"
+
+    @property
+    def portal(self) -> Portal:
+        """The background loop that serves this app's synchronous calls."""
+        return self._portal
 
     # Configuration.
 
@@ -182,6 +191,10 @@ class App:
 
         return register(fun) if fun is not None else register
 
+    def get_task(self, name: str) -> Task | None:
+        """A registered task, or one of amqpworker's own."""
+        return self.tasks.get(name) or self.builtin_tasks.get(name)
+
     def import_includes(self) -> None:
         """Import the modules named in ``include`` so their tasks register."""
         for module in self.conf.include:
@@ -232,7 +245,7 @@ class App:
         reply_to: str | None = None
         for call in calls:
             target, args, kwargs, options = _unpack_call(call)
-            task = target if isinstance(target, Task) else self.tasks.get(target)
+            task = target if isinstance(target, Task) else self.get_task(target)
             name = target.name if isinstance(target, Task) else target
             message, destination, serializer = self.prepare(name, args, kwargs, task, options)
             if not message.ignore_result:
@@ -261,7 +274,7 @@ class App:
         clashing = sorted(CORE_HEADERS.intersection(headers))
         if clashing:
             raise TypeError(f"headers {clashing} are amqpworker's own; choose other names")
-        task = task or self.tasks.get(name)
+        task = task or self.get_task(name)
         conf = self.conf
         call_route = Route(
             queue=options.get("queue"),

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from .. import delay
-from ..broker import Broker
+from ..broker import Broker, Outgoing, chord
 from ..exceptions import DecodeError, MessageError
 from ..log import get_logger
 from ..settings import Settings
@@ -84,6 +84,19 @@ class Client:
         self, messages: Sequence[tuple[TaskMessage, Destination, Serializer]]
     ) -> None:
         """Publish task messages, declaring missing queues first; one confirm wait for all."""
+        outgoing = await self.outgoing(messages)
+        if len(outgoing) == 1:
+            await self.broker.publish(*outgoing[0])
+        else:
+            await self.broker.publish_many(outgoing)
+
+    async def outgoing(
+        self, messages: Sequence[tuple[TaskMessage, Destination, Serializer]]
+    ) -> list[Outgoing]:
+        """Encode messages and pick where each goes: its destination, or a delay level.
+
+        Declares what they need on the way: missing queues, the delay levels.
+        """
         if self.conf.task_create_missing_queues:
             topology = self.topology()
             for queue in {dest.queue for _, dest, _ in messages if dest.queue}:
@@ -101,10 +114,11 @@ class Client:
                     exchange, routing_key, delay.whole_seconds(wait)
                 )
             outgoing.append((message.encode(serializer), exchange, routing_key))
-        if len(outgoing) == 1:
-            await self.broker.publish(*outgoing[0])
-        else:
-            await self.broker.publish_many(outgoing)
+        return outgoing
+
+    async def declare_chord(self, chord_id: str) -> None:
+        """The queue that collects a chord's header results (it expires when unused)."""
+        await chord.declare(self.broker, chord_id, self.conf.result_expires)
 
     async def publish_result(self, reply_to: str, message: ResultMessage) -> None:
         """Send a state to a caller; a caller that is gone is not an error."""

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import TaskError, TimeoutError
@@ -286,6 +286,24 @@ class AsyncResult:
         if hub is not None:
             hub.forget(self.id)
 
+    def then(self, callback: Callable[[AsyncResult], Any]) -> AsyncResult:
+        """Call ``callback(result)`` once the task is ready (on the client's loop thread)."""
+        hub = self._client_for_wait().hub
+        fired = threading.Event()
+        unwatch: Callable[[], None] | None = None
+
+        def on_state(message: ResultMessage) -> None:
+            if message.status in READY_STATES and not fired.is_set():
+                fired.set()
+                callback(self)
+                if unwatch is not None:
+                    unwatch()
+
+        unwatch = hub.watch(self.id, on_state)
+        if fired.is_set():
+            unwatch()
+        return self
+
     def _client_for_wait(self) -> Client:
         if self._client is None:
             assert self.app is not None
@@ -343,3 +361,77 @@ def _exception_class(module_name: str, qualname: str) -> type[Exception] | None:
     if isinstance(found, type) and issubclass(found, Exception):
         return found
     return None
+
+
+class GroupResult:
+    """The results of a group, in the order its tasks were given."""
+
+    def __init__(
+        self,
+        id: str,
+        results: list[AsyncResult],
+        app: App | None = None,
+        parent: AsyncResult | None = None,
+    ) -> None:
+        self.id = id
+        self.results = results
+        self.app = app
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{len(self.results)} results]>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult:
+        return self.results[index]
+
+    def ready(self) -> bool:
+        return all(result.ready() for result in self.results)
+
+    def successful(self) -> bool:
+        return all(result.successful() for result in self.results)
+
+    def failed(self) -> bool:
+        return any(result.failed() for result in self.results)
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        return sum(1 for result in self.results if result.successful())
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        on_message: OnMessage | None = None,
+    ) -> list[Any]:
+        """Every result in order; ``timeout`` bounds the whole wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
+            values.append(result.get(remaining, propagate, on_message))
+        return values
+
+    join = get
+
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        on_message: OnMessage | None = None,
+    ) -> list[Any]:
+        waits = [result.aget(None, propagate, on_message) for result in self.results]
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*waits), timeout))
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"group {self.id} not ready within {timeout}s") from None
+
+    def __await__(self) -> Generator[Any, None, list[Any]]:
+        return self.aget().__await__()

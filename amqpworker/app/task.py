@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from ..wire.results import PROGRESS, ResultMessage, now_iso
 
 if TYPE_CHECKING:
     from .app import App
+    from .canvas import Signature, chunks
     from .results import AsyncResult
 
 #: Options a task accepts in ``@app.task(...)``; ``None`` means "use the app's setting".
@@ -178,6 +179,52 @@ class Task:
         **options: Any,
     ) -> AsyncResult:
         return await self.app.asend_task(self.name, args, kwargs, task=self, **options)
+
+    # Signatures (see amqpworker.app.canvas).
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A partial call: ``add.s(2)`` (more arguments can be given when it is called)."""
+        from .canvas import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable call: a parent's result is not added to its arguments."""
+        from .canvas import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        from .canvas import Signature
+
+        return Signature(self, args, kwargs, options)
+
+    subtask = signature
+
+    def map(self, it: Iterable[Any]) -> Signature:
+        """One task that calls this one for each item, in a single worker."""
+        from .builtins import MAP
+        from .canvas import Signature
+
+        return Signature(MAP, [self.s(), list(it)], app=self.app)
+
+    def starmap(self, it: Iterable[Iterable[Any]]) -> Signature:
+        """Like :meth:`map`, with each item unpacked as arguments."""
+        from .builtins import STARMAP
+        from .canvas import Signature
+
+        return Signature(STARMAP, [self.s(), [list(item) for item in it]], app=self.app)
+
+    def chunks(self, it: Iterable[Iterable[Any]], n: int) -> chunks:
+        """Split ``it`` into parts of ``n`` items, each part a starmap task in a group."""
+        from .canvas import chunks
+
+        return chunks(self, it, n)
 
     # Inside a running task.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from ..exceptions import ImproperlyConfigured
 from ..topology import DLQ_SUFFIX, Topology
@@ -29,11 +29,11 @@ class ReplayReport:
 
 
 @contextlib.asynccontextmanager
-async def _connected(urls: Sequence[str]) -> AsyncIterator[AbstractConnection]:
+async def _connected(urls: Sequence[str]) -> AsyncIterator[Broker]:
     broker = Broker(urls, name="amqpworker admin")
     await broker.connect()
     try:
-        yield broker.connection
+        yield broker
     finally:
         await broker.close()
 
@@ -41,16 +41,16 @@ async def _connected(urls: Sequence[str]) -> AsyncIterator[AbstractConnection]:
 async def apply_topology(
     urls: Sequence[str], topology: Topology, default_max_priority: int | None
 ) -> None:
-    async with _connected(urls) as connection:
-        channel = await connection.channel()
+    async with _connected(urls) as broker:
+        channel = await broker.channel()
         await declare.apply(channel, topology, default_max_priority)
 
 
 async def check_topology(
     urls: Sequence[str], topology: Topology, default_max_priority: int | None
 ) -> list[str]:
-    async with _connected(urls) as connection:
-        return await declare.check(connection, topology, default_max_priority)
+    async with _connected(urls) as broker:
+        return await declare.check(broker.probe_channel, topology, default_max_priority)
 
 
 def dlq_of(queue: str) -> str:
@@ -77,8 +77,8 @@ async def _take(
 
 async def dlq_list(urls: Sequence[str], queue: str, limit: int = 100) -> list[DeadLetter]:
     """The first ``limit`` dead letters, left in place."""
-    async with _connected(urls) as connection:
-        channel = await connection.channel()
+    async with _connected(urls) as broker:
+        channel = await broker.probe_channel()
         dlq = await _dlq(channel, queue)
         found = [
             DeadLetter.from_message(
@@ -100,9 +100,9 @@ async def dlq_replay(
     """
     wanted = set(ids)
     replayed, failed = 0, []
-    async with _connected(urls) as connection:
-        channel = await connection.channel()
-        publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    async with _connected(urls) as broker:
+        channel = await broker.probe_channel()
+        publisher = await broker.channel()
         dlq = await _dlq(channel, queue)
         async for message in _take(dlq, limit):
             letter = DeadLetter.from_message(
@@ -129,8 +129,8 @@ async def dlq_replay(
 
 
 async def dlq_purge(urls: Sequence[str], queue: str) -> int:
-    async with _connected(urls) as connection:
-        channel = await connection.channel()
+    async with _connected(urls) as broker:
+        channel = await broker.probe_channel()
         dlq = await _dlq(channel, queue)
         result = await dlq.purge()
         return int(result.message_count or 0)

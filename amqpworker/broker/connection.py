@@ -231,6 +231,16 @@ class Broker:
             await channel.set_qos(prefetch_count=prefetch, global_=False)
         return channel
 
+    async def probe_channel(self) -> AbstractChannel:
+        """A short-lived, non-robust channel for operations the broker may refuse.
+
+        A passive declare of a missing queue or an exclusive consume that is refused
+        closes the channel; a robust channel would then try to reopen itself.
+        """
+        channel = aio_pika.Channel(self.connection, publisher_confirms=False)
+        await channel
+        return channel
+
     async def declare_work_queue(
         self,
         spec: QueueSpec,
@@ -264,7 +274,7 @@ class Broker:
             return await declare.declare_for_queues(channel, topology, queues, default_max_priority)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             differences = await declare.check(
-                self.connection, topology, default_max_priority, queues=queues
+                self.probe_channel, topology, default_max_priority, queues=queues
             )
             raise TopologyMismatch(differences or [str(exc)]) from None
 

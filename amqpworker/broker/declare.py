@@ -11,10 +11,11 @@ declaration first, so nothing is created.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 
 from .. import delay
 from ..topology import BUILTIN_EXCHANGES, BindingSpec, ExchangeSpec, QueueSpec, Topology, dlq_name
@@ -25,6 +26,7 @@ _INEQUIVALENT = re.compile(
 )
 _VALUE = re.compile(r"(?:the value )?'(?P<value>[^']*)'(?: of type '(?P<type>[^']+)')?")
 _MAX_PROBES = 20
+ChannelFactory = Callable[[], Awaitable[AbstractChannel]]
 _INTEGER_TYPES = frozenset({"byte", "short", "signedint", "long", "unsignedbyte", "unsignedshort"})
 
 
@@ -132,7 +134,7 @@ async def declare_for_queues(
 
 
 async def check(
-    connection: AbstractConnection,
+    open_channel: ChannelFactory,
     topology: Topology,
     default_max_priority: int | None,
     queues: list[str] | None = None,
@@ -144,7 +146,7 @@ async def check(
     differences: list[str] = []
     if queues is None:
         for exchange in topology.exchanges:
-            differences += await _check_exchange(connection, exchange)
+            differences += await _check_exchange(open_channel, exchange)
         specs = topology.queues
     else:
         specs = [topology.queue(name) for name in queues]
@@ -152,18 +154,18 @@ async def check(
             for binding in topology.bindings_to(name):
                 feeding = topology.exchange(binding.exchange)
                 if feeding is not None:
-                    differences += await _check_exchange(connection, feeding)
+                    differences += await _check_exchange(open_channel, feeding)
     for spec in specs:
-        differences += await _check_queue(connection, spec, default_max_priority)
+        differences += await _check_queue(open_channel, spec, default_max_priority)
     return differences
 
 
 async def _check_queue(
-    connection: AbstractConnection, spec: QueueSpec, default_max_priority: int | None
+    open_channel: ChannelFactory, spec: QueueSpec, default_max_priority: int | None
 ) -> list[str]:
     names = [spec.name] + ([dlq_name(spec.name)] if spec.dead_letter else [])
     missing = [
-        f"queue {name!r} is missing" for name in names if not await _exists(connection, name)
+        f"queue {name!r} is missing" for name in names if not await _exists(open_channel, name)
     ]
     if f"queue {spec.name!r} is missing" in missing:
         return missing
@@ -173,13 +175,13 @@ async def _check_queue(
     async def declare(channel: AbstractChannel) -> None:
         await channel.declare_queue(spec.name, arguments=arguments, **settings)
 
-    return missing + await _probe(connection, "queue", spec.name, declare, arguments, settings)
+    return missing + await _probe(open_channel, "queue", spec.name, declare, arguments, settings)
 
 
-async def _check_exchange(connection: AbstractConnection, spec: ExchangeSpec) -> list[str]:
+async def _check_exchange(open_channel: ChannelFactory, spec: ExchangeSpec) -> list[str]:
     if spec.name in BUILTIN_EXCHANGES:
         return []
-    channel = await connection.channel()
+    channel = await open_channel()
     try:
         await channel.get_exchange(spec.name, ensure=True)
     except aiormq.exceptions.ChannelNotFoundEntity:
@@ -203,11 +205,11 @@ async def _check_exchange(connection: AbstractConnection, spec: ExchangeSpec) ->
             arguments=arguments,
         )
 
-    return await _probe(connection, "exchange", spec.name, declare, arguments, settings)
+    return await _probe(open_channel, "exchange", spec.name, declare, arguments, settings)
 
 
-async def _exists(connection: AbstractConnection, queue: str) -> bool:
-    channel = await connection.channel()
+async def _exists(open_channel: ChannelFactory, queue: str) -> bool:
+    channel = await open_channel()
     try:
         await channel.declare_queue(queue, passive=True)
     except aiormq.exceptions.ChannelNotFoundEntity:
@@ -218,7 +220,7 @@ async def _exists(connection: AbstractConnection, queue: str) -> bool:
 
 
 async def _probe(
-    connection: AbstractConnection,
+    open_channel: ChannelFactory,
     kind: str,
     name: str,
     declare: Any,
@@ -228,7 +230,7 @@ async def _probe(
     """Declare until the broker agrees, recording and adopting each value it reports."""
     differences = []
     for _ in range(_MAX_PROBES):
-        channel = await connection.channel()
+        channel = await open_channel()
         try:
             await declare(channel)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:

@@ -12,6 +12,7 @@ module never touches a socket.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
@@ -42,9 +43,14 @@ CORE_HEADERS = frozenset(
         "kwargsrepr",
         "origin",
         "ignore_result",
+        "group_index",
+        *("callbacks", "errbacks", "chain", "chord"),
         PROTOCOL_HEADER,
     }
 )
+#: Canvas headers: JSON text, so that float arguments keep their precision (AMQP tables
+#: would carry them as 32-bit floats) and any tool can read them.
+CANVAS_HEADERS = ("callbacks", "errbacks", "chain", "chord")
 
 _ORIGIN = f"{socket.gethostname()}"
 _REPR_LIMIT = 200
@@ -86,6 +92,15 @@ class TaskMessage:
     reply_to: str | None = None
     priority: int | None = None
     ignore_result: bool = False
+    group_index: int | None = None
+    #: Signatures (as dicts) to publish with the result when this task succeeds.
+    callbacks: Sequence[Mapping[str, Any]] = ()
+    #: Signatures to call with (request, exc, traceback) when it fails.
+    errbacks: Sequence[Mapping[str, Any]] = ()
+    #: The chain's remaining steps, next one first.
+    chain: Sequence[Mapping[str, Any]] = ()
+    #: Chord membership: {"id", "size", "index", "body"}.
+    chord: Mapping[str, Any] | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
 
     def encode(self, serializer: Serializer) -> Envelope:
@@ -114,6 +129,12 @@ class TaskMessage:
                 PROTOCOL_HEADER: PROTOCOL_VERSION,
             }
         )
+        if self.group_index is not None:
+            headers["group_index"] = self.group_index
+        for name in CANVAS_HEADERS:
+            value = getattr(self, name)
+            if value:
+                headers[name] = json.dumps(value, separators=(",", ":"))
         return Envelope(
             body=body,
             headers=headers,
@@ -191,6 +212,11 @@ class TaskMessage:
             reply_to=envelope.reply_to or None,
             priority=envelope.priority,
             ignore_result=headers.get("ignore_result") is True,
+            group_index=_optional_int(headers, "group_index"),
+            callbacks=_canvas(headers, "callbacks", list),
+            errbacks=_canvas(headers, "errbacks", list),
+            chain=_canvas(headers, "chain", list),
+            chord=_canvas(headers, "chord", dict) or None,
             # Delivery history (x-death, our counters) stays behind: a retry or replay
             # that carried x-death could be dropped by RabbitMQ's dead-letter cycle check.
             headers={k: v for k, v in fresh_headers(headers).items() if k not in CORE_HEADERS},
@@ -214,6 +240,32 @@ def _optional_str(headers: Mapping[str, Any], name: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise MalformedMessage(f"header {name!r} must be a string, not {type(value).__name__}")
+
+
+def _optional_int(headers: Mapping[str, Any], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise MalformedMessage(f"header {name!r} must be an integer, not {type(value).__name__}")
+
+
+def _canvas(headers: Mapping[str, Any], name: str, kind: type) -> Any:
+    text = headers.get(name)
+    if text is None:
+        return {} if kind is dict else ()
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError as exc:
+        raise MalformedMessage(f"header {name!r} is not JSON: {exc}") from None
+    if kind is dict:
+        well_formed = isinstance(value, dict)
+    else:
+        well_formed = isinstance(value, list) and all(isinstance(item, dict) for item in value)
+    if not well_formed:
+        raise MalformedMessage(f"header {name!r} must be JSON {kind.__name__} of signatures")
+    return value if isinstance(value, dict) else tuple(value or ())
 
 
 def _optional_time(headers: Mapping[str, Any], name: str) -> dt.datetime | None:

@@ -43,6 +43,7 @@ from ..topology import dlq_name
 from ..wire import ResultMessage, TaskMessage, deadletter
 from ..wire.results import FAILURE, RETRY, REVOKED, STARTED, exception_to_data, now_iso
 from .execution import Outcome, run_async, run_sync
+from .workflow import JOIN_TASK, Workflow
 
 log = get_logger(__name__)
 
@@ -101,6 +102,7 @@ class Worker:
         self._settling: set[asyncio.Future[bool]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._client: Client | None = None
+        self._workflow: Workflow | None = None
         self._consumer: Broker | None = None
 
     # Lifecycle.
@@ -157,6 +159,7 @@ class Worker:
             self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="task")
         conf = self.app.conf
         self._client = await self.app.client()
+        self._workflow = Workflow(self.app, self._client)
         self._consumer = Broker(
             conf.broker_url,
             name=f"{self.hostname} consumer",
@@ -231,7 +234,10 @@ class Worker:
             await self._tell_caller_it_failed(delivery, exc)
             await self._dead_letter(delivery, exc.reason, str(exc))
             return
-        task = self.app.tasks.get(message.task)
+        if message.task == JOIN_TASK:
+            await self._join(delivery, message)
+            return
+        task = self.app.get_task(message.task)
         if task is None:
             error = NotRegistered(f"task {message.task!r} is not registered on this worker")
             await self._report_quietly(message, _failed(message, error))
@@ -286,6 +292,14 @@ class Worker:
             if request.retries_exhausted and outcome.exception is not None:
                 await self._give_up(delivery, message, outcome, request)
                 return
+            if self._workflow is not None and self._workflow.involved(message):
+                try:
+                    await self._workflow.after(message, request, outcome, delivery.queue)
+                except Exception as exc:
+                    # Not acked: the task runs again and its workflow is continued then.
+                    log.error("could not continue the workflow", error=str(exc))
+                    await self._requeue(delivery)
+                    return
             if not task.effective_ignore_result:
                 try:
                     await self._report(message, outcome.as_result(request))
@@ -298,6 +312,16 @@ class Worker:
                         return
             if acks_late:
                 await self._ack(delivery)
+
+    async def _join(self, delivery: Delivery, message: TaskMessage) -> None:
+        assert self._workflow is not None
+        try:
+            await self._workflow.join(message, delivery.queue)
+        except Exception as exc:
+            log.error("chord join failed; it will be tried again", error=str(exc))
+            await self._requeue(delivery)
+            return
+        await self._ack(delivery)
 
     async def _not_yet(self, delivery: Delivery, message: TaskMessage) -> bool:
         """Honour a message's eta; True when it went back to wait in the broker.

@@ -167,7 +167,23 @@ class Task:
         **options: Any,
     ) -> AsyncResult:
         """Publish a call of this task; returns at once, once the broker confirmed it."""
+        if "link" in options or "link_error" in options:
+            return self._linked(args, kwargs, options).apply_async()  # type: ignore[no-any-return]
         return self.app.send_task(self.name, args, kwargs, task=self, **options)
+
+    def _linked(
+        self,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> Signature:
+        """A call with callbacks goes through a signature, which carries them."""
+        signature = self.signature(args, kwargs, **options)
+        for key in ("link", "link_error"):
+            value = signature.options.get(key)
+            if value is not None and not isinstance(value, list):
+                signature.options[key] = [value]
+        return signature
 
     async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         return await self.aapply_async(args, kwargs)
@@ -178,6 +194,8 @@ class Task:
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult:
+        if "link" in options or "link_error" in options:
+            return await self._linked(args, kwargs, options).aapply_async()  # type: ignore[no-any-return]
         return await self.app.asend_task(self.name, args, kwargs, task=self, **options)
 
     # Signatures (see amqpworker.app.canvas).

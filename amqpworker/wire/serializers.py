@@ -88,7 +88,7 @@ def _json_default(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, (uuid.UUID, decimal.Decimal)):
         return str(value)
-    if isinstance(value, (set, frozenset)):
+    if isinstance(value, (set, frozenset, range)):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 

@@ -292,14 +292,6 @@ class Worker:
             if request.retries_exhausted and outcome.exception is not None:
                 await self._give_up(delivery, message, outcome, request)
                 return
-            if self._workflow is not None and self._workflow.involved(message):
-                try:
-                    await self._workflow.after(message, request, outcome, delivery.queue)
-                except Exception as exc:
-                    # Not acked: the task runs again and its workflow is continued then.
-                    log.error("could not continue the workflow", error=str(exc))
-                    await self._requeue(delivery)
-                    return
             if not task.effective_ignore_result:
                 try:
                     await self._report(message, outcome.as_result(request))
@@ -310,6 +302,17 @@ class Worker:
                         )
                         await self._requeue(delivery)
                         return
+            if self._workflow is not None and self._workflow.involved(message):
+                # After this task's own state (a caller sees the failing step fail first),
+                # before the ack (a crash continues the workflow again, never not at all).
+                try:
+                    await self._workflow.after(message, request, outcome, delivery.queue)
+                except Exception as exc:
+                    log.error(
+                        "could not continue the workflow; the task will run again", error=str(exc)
+                    )
+                    await self._requeue(delivery)
+                    return
             if acks_late:
                 await self._ack(delivery)
 

@@ -148,6 +148,35 @@ def create_app(**settings: Any) -> App:
             os._exit(1)
         return "ran"
 
+    @app.task
+    def tsum(values):  # type: ignore[no-untyped-def]
+        return sum(values)
+
+    @app.task
+    def flatten(parts):  # type: ignore[no-untyped-def]
+        return [value for part in parts for value in part]
+
+    @app.task
+    def echo(*args):  # type: ignore[no-untyped-def]
+        return list(args)
+
+    @app.task
+    def slow_add(x, y, seconds=0.01):  # type: ignore[no-untyped-def]
+        time.sleep(seconds)
+        return x + y
+
+    @app.task
+    def sum_once(values, marker):  # type: ignore[no-untyped-def]
+        """A chord body that leaves one line per run in `marker`."""
+        with open(marker, "a") as runs:
+            runs.write(f"{os.getpid()}\n")
+        return sum(values)
+
+    @app.task
+    def record_error(request, exc, traceback, marker):  # type: ignore[no-untyped-def]
+        """An errback: (request, exc, traceback) from the failed task, then its own args."""
+        Path(marker).write_text(f"{request.id} {type(exc).__name__}: {exc}")
+
     return app
 
 

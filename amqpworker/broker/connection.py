@@ -44,6 +44,8 @@ from .declare import declare_queue
 
 log = get_logger(__name__)
 
+#: Channel numbers for short-lived probe channels (see Broker._probe_number).
+PROBE_CHANNELS = (30000, 65000)
 #: Seconds between reconnection attempts; short, because a worker without a broker idles.
 RECONNECT_INTERVAL = 1.0
 
@@ -176,6 +178,7 @@ class Broker:
         self._declared: set[str] = set()
         self._delays_declared = False
         self._landings: set[tuple[str, str]] = set()
+        self._last_probe = PROBE_CHANNELS[0]
 
     @property
     def safe_url(self) -> str:
@@ -237,9 +240,29 @@ class Broker:
         A passive declare of a missing queue or an exclusive consume that is refused
         closes the channel; a robust channel would then try to reopen itself.
         """
-        channel = aio_pika.Channel(self.connection, publisher_confirms=False)
+        channel = aio_pika.Channel(
+            self.connection, channel_number=self._probe_number(), publisher_confirms=False
+        )
         await channel
         return channel
+
+    def _probe_number(self) -> int:
+        """A channel number from a range of its own, moving forward.
+
+        aiormq numbers new channels "highest open + 1", so a channel the broker has just
+        closed (a refused probe) can get its number again before the broker finished
+        closing it, which RabbitMQ answers by closing the whole connection ("second
+        'channel.open' seen"). Probes rotate through tens of thousands of numbers.
+        """
+        transport = self.connection.transport
+        in_use = transport.connection.channels if transport is not None else {}
+        for _ in range(PROBE_CHANNELS[1] - PROBE_CHANNELS[0]):
+            self._last_probe = self._last_probe + 1
+            if self._last_probe >= PROBE_CHANNELS[1]:
+                self._last_probe = PROBE_CHANNELS[0]
+            if self._last_probe not in in_use:
+                return self._last_probe
+        raise BrokerUnavailable("no free channel number for a probe")
 
     async def declare_work_queue(
         self,

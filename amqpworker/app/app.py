@@ -32,7 +32,7 @@ from ..wire.serializers import Serializer
 from .builtins import register_builtins
 from .client import Client
 from .results import AsyncResult
-from .routing import Destination, resolve_destination
+from .routing import NO_LAYER, Destination, Layer, resolve_destination
 from .task import Task, current_request, default_task_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -276,21 +276,16 @@ class App:
             raise TypeError(f"headers {clashing} are amqpworker's own; choose other names")
         task = task or self.get_task(name)
         conf = self.conf
-        call_route = Route(
-            queue=options.get("queue"),
-            exchange=options.get("exchange"),
-            routing_key=options.get("routing_key"),
-            priority=options.get("priority"),
+        call_route = Layer(
+            options.get("queue"),
+            options.get("exchange"),
+            options.get("routing_key"),
+            _priority(options.get("priority")),
         )
         task_route = (
-            Route(
-                queue=task.queue,
-                exchange=task.exchange,
-                routing_key=task.routing_key,
-                priority=task.priority,
-            )
+            Layer(task.queue, task.exchange, task.routing_key, task.priority)
             if task is not None
-            else Route()
+            else NO_LAYER
         )
         destination = resolve_destination(
             conf, name, call_route, task_route, route=self.route_for(name)
@@ -328,6 +323,9 @@ class App:
     async def client(self) -> Client:
         """This app's client on the running loop, connected on first use."""
         loop = asyncio.get_running_loop()
+        ready = self._clients.get(loop)
+        if ready is not None and ready.done() and not ready.cancelled() and not ready.exception():
+            return ready.result()  # the hot path: no lock, no shield
         with self._clients_lock:
             for stale in [known for known in self._clients if known.is_closed()]:
                 del self._clients[stale]
@@ -390,6 +388,14 @@ def _unpack_call(
     if not isinstance(target, (Task, str)):
         raise TypeError(f"a call names a task or a task name, not {target!r}")
     return target, args or (), kwargs or {}, options or {}
+
+
+def _priority(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise ValueError(f"priority must be an integer from 0 to 255, not {value!r}")
+    return value
 
 
 def _moment(value: float | dt.datetime | None, timezone: str, name: str) -> dt.datetime | None:

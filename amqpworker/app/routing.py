@@ -8,8 +8,32 @@ then the routing file; exact names before globs), which win over ``task_default_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
-from ..settings import Route, Settings
+from ..settings import Settings
+
+
+class Layer(NamedTuple):
+    """One routing layer (a call's options, a task's options, a configured route)."""
+
+    queue: str | None = None
+    exchange: str | None = None
+    routing_key: str | None = None
+    priority: int | None = None
+
+
+NO_LAYER = Layer()
+
+
+class RouteLike(Protocol):
+    @property
+    def queue(self) -> str | None: ...
+    @property
+    def exchange(self) -> str | None: ...
+    @property
+    def routing_key(self) -> str | None: ...
+    @property
+    def priority(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,15 +49,15 @@ class Destination:
 def resolve_destination(
     conf: Settings,
     task_name: str,
-    call: Route,
-    task_options: Route,
-    route: Route | None = None,
+    call: RouteLike,
+    task_options: RouteLike,
+    route: RouteLike | None = None,
 ) -> Destination:
     """Merge the routing layers (call, task, the configured route) into one destination.
 
     ``route`` is the configured route for the task; without one, ``task_routes`` is asked.
     """
-    layers = [call, task_options]
+    layers: list[RouteLike] = [call, task_options]
     route = route or conf.route_for(task_name)
     if route is not None:
         layers.append(route)

@@ -94,7 +94,10 @@ class Delivery:
             return
         self._settled = True
         try:
-            await self._message.ack()
+            # No wait for the frame to drain: an ack that never leaves this process means
+            # a redelivery, which at-least-once allows (ack_for_sure is for when it must).
+            channel = self._message.channel
+            await channel.basic_ack(delivery_tag=self._message.delivery_tag or 0, wait=False)
         except aiormq.exceptions.ChannelInvalidStateError as exc:
             raise DeliveryLost("channel closed before the ack; it will be redelivered") from exc
 

@@ -398,10 +398,19 @@ def _priority(value: Any) -> int | None:
     return value
 
 
-def _moment(value: float | dt.datetime | None, timezone: str, name: str) -> dt.datetime | None:
+def _moment(
+    value: float | dt.datetime | str | None, timezone: str, name: str
+) -> dt.datetime | None:
     """Seconds from now, or a datetime (naive ones are in the app's ``timezone``)."""
     if value is None:
         return None
+    if isinstance(value, str):  # an ISO 8601 time, as a signature in a header carries it
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise TypeError(
+                f"{name} must be seconds or a datetime (or an ISO 8601 string), not {value!r}"
+            ) from None
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(timezone))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -412,8 +421,12 @@ def _moment(value: float | dt.datetime | None, timezone: str, name: str) -> dt.d
 def _eta(countdown: float | None, eta: dt.datetime | None, timezone: str) -> dt.datetime | None:
     if countdown is not None and eta is not None:
         raise TypeError("give countdown or eta, not both")
-    if eta is not None and not isinstance(eta, dt.datetime):
+    if eta is not None and not isinstance(eta, (dt.datetime, str)):
         raise TypeError(f"eta must be a datetime, not {type(eta).__name__}")
+    if countdown is not None and (
+        isinstance(countdown, bool) or not isinstance(countdown, (int, float))
+    ):
+        raise TypeError(f"countdown must be seconds, not {countdown!r}")
     return _moment(countdown if countdown is not None else eta, timezone, "countdown")
 
 

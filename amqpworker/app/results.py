@@ -46,7 +46,8 @@ class ResultHub:
     def __init__(self, expires: float, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._expires = expires
-        self._lock = threading.Lock()
+        # Reentrant: a sink (a then() callback) may read the hub while it is replayed.
+        self._lock = threading.RLock()
         self._history: dict[str, list[ResultMessage]] = {}
         self._sinks: dict[str, list[Sink]] = {}
         self._ready_at: deque[tuple[float, str]] = deque()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aio_pika
 import aiormq
@@ -19,7 +19,7 @@ from ..exceptions import ImproperlyConfigured
 from ..topology import DLQ_SUFFIX, Topology
 from ..wire.deadletter import DeadLetter, fresh_headers
 from . import declare
-from .connection import Broker
+from .connection import Broker, envelope_of, to_amqp
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +137,5 @@ async def dlq_purge(urls: Sequence[str], queue: str) -> int:
 
 
 def _fresh_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=message.body,
-        headers=fresh_headers(dict(message.headers or {})),
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        priority=message.priority,
-        type=message.type,
-        delivery_mode=message.delivery_mode or aio_pika.DeliveryMode.PERSISTENT,
-    )
+    envelope = envelope_of(message)
+    return to_amqp(replace(envelope, headers=fresh_headers(envelope.headers), persistent=True))

@@ -35,7 +35,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from ..wire import Envelope
-from .connection import Broker, Outgoing, to_amqp
+from .connection import Broker, Outgoing, envelope_of, to_amqp
 
 PREFIX = "amqpworker.chord."
 INDEX_HEADER = "x-amqpworker-chord-index"
@@ -136,7 +136,7 @@ async def _join(
     for message in received:
         index = (message.headers or {}).get(INDEX_HEADER)
         if isinstance(index, int) and 0 <= index < size:
-            by_index.setdefault(index, _envelope(message))
+            by_index.setdefault(index, envelope_of(message))
     if len(by_index) < size:
         # Closing the channel (in join()) removes our consumer and returns every message
         # in one step at the broker, so no other join sees "no consumer, results gone".
@@ -165,13 +165,3 @@ async def _delete(channel: aio_pika.abc.AbstractChannel, name: str) -> None:
     # If this fails, x-expires removes the queue later; the fired marker stops joins.
     with contextlib.suppress(aiormq.exceptions.AMQPError):
         await channel.queue_delete(name)
-
-
-def _envelope(message: AbstractIncomingMessage) -> Envelope:
-    return Envelope(
-        body=message.body,
-        headers=dict(message.headers or {}),
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        correlation_id=message.correlation_id,
-    )

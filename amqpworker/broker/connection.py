@@ -75,18 +75,7 @@ class Delivery:
         self.exchange = message.exchange or ""
         self.routing_key = message.routing_key or ""
         self.redelivered = bool(message.redelivered)
-        self.envelope = Envelope(
-            body=message.body,
-            headers=dict(message.headers or {}),
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            priority=message.priority,
-            type=message.type,
-            persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
-        )
+        self.envelope = envelope_of(message)
 
     async def ack(self) -> None:
         """Acknowledge once; later acks and rejects of a settled delivery do nothing."""
@@ -124,6 +113,22 @@ class Delivery:
             await self._message.reject(requeue=requeue)
         except aiormq.exceptions.ChannelInvalidStateError as exc:
             raise DeliveryLost("channel closed before the reject") from exc
+
+
+def envelope_of(message: AbstractIncomingMessage) -> Envelope:
+    """A delivered message as data."""
+    return Envelope(
+        body=message.body,
+        headers=dict(message.headers or {}),
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        priority=message.priority,
+        type=message.type,
+        persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
+    )
 
 
 def to_amqp(envelope: Envelope) -> aio_pika.Message:

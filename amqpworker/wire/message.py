@@ -21,7 +21,7 @@ from typing import Any
 
 from ..exceptions import MalformedMessage
 from .deadletter import fresh_headers
-from .serializers import Serializer, SerializerRegistry
+from .serializers import Serializer, SerializerRegistry, json_default
 
 PROTOCOL_VERSION = 1
 PROTOCOL_HEADER = "x-amqpworker-protocol"
@@ -134,7 +134,7 @@ class TaskMessage:
         for name in CANVAS_HEADERS:
             value = getattr(self, name)
             if value:
-                headers[name] = json.dumps(value, separators=(",", ":"))
+                headers[name] = json.dumps(value, separators=(",", ":"), default=json_default)
         return Envelope(
             body=body,
             headers=headers,
@@ -265,7 +265,26 @@ def _canvas(headers: Mapping[str, Any], name: str, kind: type) -> Any:
         well_formed = isinstance(value, list) and all(isinstance(item, dict) for item in value)
     if not well_formed:
         raise MalformedMessage(f"header {name!r} must be JSON {kind.__name__} of signatures")
-    return value if isinstance(value, dict) else tuple(value or ())
+    if isinstance(value, dict):
+        _check_chord(value)
+        return value
+    assert isinstance(value, list)
+    for item in value:
+        _check_signature(item, name)
+    return tuple(value)
+
+
+def _check_chord(chord: dict[str, Any]) -> None:
+    kinds = {"id": str, "size": int, "index": int, "body": dict}
+    for key, kind in kinds.items():
+        if not isinstance(chord.get(key), kind):
+            raise MalformedMessage(f"header 'chord' needs {key!r} ({kind.__name__})")
+    _check_signature(chord["body"], "chord")
+
+
+def _check_signature(signature: dict[str, Any], header: str) -> None:
+    if signature.get("subtask_type") is None and not isinstance(signature.get("task"), str):
+        raise MalformedMessage(f"header {header!r} holds a signature without a task name")
 
 
 def _optional_time(headers: Mapping[str, Any], name: str) -> dt.datetime | None:

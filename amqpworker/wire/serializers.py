@@ -83,7 +83,8 @@ class SerializerRegistry:
             raise DecodeError(f"cannot decode {content_type} body: {exc}") from exc
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """JSON for datetimes (ISO 8601), UUIDs, decimals, sets and ranges."""
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, (uuid.UUID, decimal.Decimal)):
@@ -94,11 +95,11 @@ def _json_default(value: Any) -> Any:
 
 
 def _json_dumps(value: Any) -> bytes:
-    return json.dumps(value, default=_json_default, separators=(",", ":")).encode()
+    return json.dumps(value, default=json_default, separators=(",", ":")).encode()
 
 
 def _msgpack_dumps(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True, default=_json_default)  # type: ignore[no-any-return]
+    return msgpack.packb(value, use_bin_type=True, default=json_default)  # type: ignore[no-any-return]
 
 
 def _msgpack_loads(data: bytes) -> Any:

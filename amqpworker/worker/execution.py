@@ -57,14 +57,17 @@ def run_sync(task: Task, request: Request) -> Outcome:
 
 async def run_async(task: Task, request: Request) -> Outcome:
     """Run a coroutine task on the running loop (in the caller's task context)."""
-    current_request.set(request)
-    with bound(task_id=request.id, task_name=task.name):
-        try:
-            coroutine: Awaitable[Any] = task.run(*request.args, **request.kwargs)
-            value = await coroutine
-        except Exception as exc:
-            return finish(task, request, _failed_or_retried(task, exc))
-        return finish(task, request, Outcome(SUCCESS, value))
+    token = current_request.set(request)
+    try:
+        with bound(task_id=request.id, task_name=task.name):
+            try:
+                coroutine: Awaitable[Any] = task.run(*request.args, **request.kwargs)
+                value = await coroutine
+            except Exception as exc:
+                return finish(task, request, _failed_or_retried(task, exc))
+            return finish(task, request, Outcome(SUCCESS, value))
+    finally:
+        current_request.reset(token)
 
 
 def failure(exc: BaseException) -> Outcome:

@@ -4,9 +4,9 @@ Order of a delivery's life, and why:
 
 1. Decode and look the task up. A message that breaks the wire format, or names a task
    this worker does not know, is copied into ``<queue>.dlq`` with the reason in its
-   headers (confirmed) and only then acknowledged; if that copy fails it is rejected
-   without requeue, which dead-letters it through the queue's own arguments. Either
-   way it is never lost and never crashes the worker.
+   headers (confirmed) and only then acknowledged; if that copy fails, the DLQ is
+   declared again and the copy retried, and failing that the message goes back to its
+   queue. Either way it is never lost and never crashes the worker.
 2. Run it (a thread for plain functions, the loop for coroutines, or inline on the loop
    with ``--pool asyncio``), at most ``concurrency`` at a time.
 3. Publish the result to the caller's ``reply_to`` and wait for the confirm, then ack
@@ -35,7 +35,7 @@ from typing import Any
 from ..app import App
 from ..app.client import Client
 from ..app.routing import Destination
-from ..app.task import Request, Task
+from ..app.task import Request, Task, current_request
 from ..broker import Broker, Delivery
 from ..exceptions import DeliveryLost, MessageError, NotRegistered, TaskRevokedError
 from ..log import bound, get_logger, hide_password
@@ -55,6 +55,7 @@ class WorkerStats:
     received: int = 0
     succeeded: int = 0
     failed: int = 0
+    retried: int = 0
     dead_lettered: int = 0
     requeued: int = 0
     running: int = 0
@@ -234,6 +235,8 @@ class Worker:
             await self._tell_caller_it_failed(delivery, exc)
             await self._dead_letter(delivery, exc.reason, str(exc))
             return
+        if message.eta is not None and await self._not_yet(delivery, message):
+            return
         if message.task == JOIN_TASK:
             await self._join(delivery, message)
             return
@@ -242,8 +245,6 @@ class Worker:
             error = NotRegistered(f"task {message.task!r} is not registered on this worker")
             await self._report_quietly(message, _failed(message, error))
             await self._dead_letter(delivery, "unknown-task", str(error))
-            return
-        if message.eta is not None and await self._not_yet(delivery, message):
             return
         self._waiting.add(delivery)
         async with self._slots:
@@ -289,10 +290,8 @@ class Worker:
             if outcome.retry is not None:
                 await self._retry(delivery, message, outcome)
                 return
-            if request.retries_exhausted and outcome.exception is not None:
-                await self._give_up(delivery, message, outcome, request)
-                return
-            if not task.effective_ignore_result:
+            exhausted = request.retries_exhausted and outcome.exception is not None
+            if not task.effective_ignore_result and not exhausted:
                 try:
                     await self._report(message, outcome.as_result(request))
                 except Exception as exc:
@@ -305,6 +304,7 @@ class Worker:
             if self._workflow is not None and self._workflow.involved(message):
                 # After this task's own state (a caller sees the failing step fail first),
                 # before the ack (a crash continues the workflow again, never not at all).
+                token = current_request.set(request)  # next steps name this one as parent
                 try:
                     await self._workflow.after(message, request, outcome, delivery.queue)
                 except Exception as exc:
@@ -313,6 +313,11 @@ class Worker:
                     )
                     await self._requeue(delivery)
                     return
+                finally:
+                    current_request.reset(token)
+            if exhausted:
+                await self._give_up(delivery, message, outcome, request)
+                return
             if acks_late:
                 await self._ack(delivery)
 
@@ -485,6 +490,8 @@ class Worker:
     def _count(self, name: str, outcome: Outcome) -> None:
         if outcome.status == FAILURE:
             self.stats.failed += 1
+        elif outcome.status == RETRY:
+            self.stats.retried += 1
         else:
             self.stats.succeeded += 1
         self.stats.by_task[name] = self.stats.by_task.get(name, 0) + 1

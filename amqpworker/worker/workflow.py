@@ -31,8 +31,9 @@ log = get_logger(__name__)
 
 #: The built-in task a chord member publishes after recording its result.
 JOIN_TASK = "amqpworker.chord.join"
-#: How long joins keep trying while another join holds the chord (1 s apart).
-JOIN_RETRIES = 3600
+#: How long joins keep trying while another join holds the chord.
+JOIN_RETRIES = 1800
+JOIN_RETRY_DELAY = 2.0
 
 
 class Workflow:
@@ -148,7 +149,9 @@ class Workflow:
                 task=JOIN_TASK,
                 args=message.args,
                 retries=message.retries + 1,
-                eta=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1),
+                # Two seconds, so that it really waits in the delay levels (under one
+                # second, a message is published straight to its queue).
+                eta=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=JOIN_RETRY_DELAY),
                 ignore_result=True,
             )
             await self._publish_to(queue, retry)

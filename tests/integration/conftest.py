@@ -303,6 +303,17 @@ def serve(broker_url: str, queue: str) -> Iterator[Callable[..., ServeProcess]]:
         process.stop()
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`amqpworker ...` as a subprocess from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "amqpworker", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll a condition on the file system or broker; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -88,6 +88,8 @@ def create_app(**settings: Any) -> App:
             "queue": request.delivery_info.get("queue"),
             "headers": dict(request.headers),
             "thread": threading.current_thread().name,
+            "parent_id": request.parent_id,
+            "root_id": request.root_id,
         }
 
     @app.task

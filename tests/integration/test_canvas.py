@@ -182,3 +182,34 @@ async def test_chain_from_asyncio(app: App, start_worker) -> None:
     result = await (add.s(1, 1) | add.s(1)).aapply_async()
     assert await asyncio.wait_for(result.aget(), 10) == 3
     await app.aclose()
+
+
+def test_a_step_that_runs_out_of_retries_fails_the_rest_of_its_chain(
+    app: App, start_worker
+) -> None:
+    from amqpworker.exceptions import MaxRetriesExceededError
+
+    start_worker(app)
+    result = (t(app, "always_retry").s() | t(app, "add").s(1)).apply_async()
+    with pytest.raises(MaxRetriesExceededError):
+        result.get(timeout=20)
+
+
+@pytest.mark.parametrize("pool", ["threads", "asyncio"])
+def test_steps_name_their_parent_and_root(app: App, start_worker, pool: str) -> None:
+    start_worker(app, pool=pool)
+    add, whoami = t(app, "add"), t(app, "whoami")
+    result = (add.s(1, 1) | add.s(1) | whoami.s()).apply_async()
+    seen = result.get(timeout=10)
+    assert seen["args"] == [3]
+    assert seen["parent_id"] == result.parent.id
+    assert seen["root_id"] == result.parent.parent.id
+
+
+def test_a_datetime_eta_travels_in_a_workflow_header(app: App, start_worker) -> None:
+    import datetime as dt
+
+    start_worker(app)
+    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(milliseconds=300)
+    result = (t(app, "add").s(1, 1) | t(app, "add").s(1).set(eta=soon)).apply_async()
+    assert result.get(timeout=10) == 3

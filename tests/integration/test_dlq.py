@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 from amqpworker import App
 
-from .conftest import REPO, wait_for
+from .conftest import run_cli, wait_for
 
 CRASH = "tests.integration.sample_app.crash_unless"
 ADD = "tests.integration.sample_app.add"
-
-
-def amqpworker(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amqpworker", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_a_task_that_kills_its_worker_reaches_the_dlq_and_replays(
@@ -56,7 +44,7 @@ def test_a_task_that_kills_its_worker_reaches_the_dlq_and_replays(
     assert admin.message_count(queue) == 0
     worker.stop()
 
-    listed = amqpworker("dlq", "list", queue, "--broker", broker_url)
+    listed = run_cli("dlq", "list", queue, "--broker", broker_url)
     assert listed.returncode == 0, listed.stderr
     assert "1 message(s)" in listed.stdout
     assert result.id in listed.stdout
@@ -65,7 +53,7 @@ def test_a_task_that_kills_its_worker_reaches_the_dlq_and_replays(
     assert admin.message_count(f"{queue}.dlq") == 1
 
     fixed.write_text("the bug is fixed")
-    replayed = amqpworker("dlq", "replay", queue, "--id", result.id, "--broker", broker_url)
+    replayed = run_cli("dlq", "replay", queue, "--id", result.id, "--broker", broker_url)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "replayed 1 message(s)" in replayed.stdout
     assert admin.message_count(f"{queue}.dlq") == 0
@@ -93,7 +81,7 @@ def test_dlq_replay_all_and_purge(
     wait_for(lambda: admin.message_count(f"{queue}.dlq") == 3, 10, "three dead letters")
     worker.stop()
 
-    replay = amqpworker("dlq", "replay", queue, "--all", "--broker", broker_url)
+    replay = run_cli("dlq", "replay", queue, "--all", "--broker", broker_url)
     assert "replayed 3 message(s)" in replay.stdout
     [*messages] = admin.get_all(queue)
     assert len(messages) == 3
@@ -103,12 +91,12 @@ def test_dlq_replay_all_and_purge(
         admin.publish_raw(
             f"{queue}.dlq", aio_pika.Message(message.body, headers=dict(message.headers))
         )
-    purged = amqpworker("dlq", "purge", queue, "--yes", "--broker", broker_url)
+    purged = run_cli("dlq", "purge", queue, "--yes", "--broker", broker_url)
     assert "purged 3 message(s)" in purged.stdout
     assert admin.message_count(f"{queue}.dlq") == 0
 
 
 def test_dlq_replay_needs_id_or_all(queue: str, broker_url: str) -> None:
-    result = amqpworker("dlq", "replay", queue, "--broker", broker_url)
+    result = run_cli("dlq", "replay", queue, "--broker", broker_url)
     assert result.returncode == 2
     assert "--id" in result.stderr

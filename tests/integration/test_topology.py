@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,21 +10,11 @@ import pytest
 from amqpworker import App, states
 from amqpworker.exceptions import ImproperlyConfigured, TopologyMismatch
 
-from .conftest import REPO, BrokerAdmin, wait_for
+from .conftest import BrokerAdmin, run_cli, wait_for
 from .sample_app import create_app
 
 LABEL = "tests.integration.sample_app.label"
 ADD = "tests.integration.sample_app.add"
-
-
-def amqpworker(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amqpworker", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture
@@ -61,20 +49,18 @@ def routing(admin: BrokerAdmin, tmp_path: Path) -> dict[str, object]:
 
 def test_apply_twice_then_check_is_clean(routing, broker_url: str) -> None:
     path = str(routing["path"])
-    first = amqpworker("topology", "apply", "--routing", path, "--broker", broker_url)
+    first = run_cli("topology", "apply", "--routing", path, "--broker", broker_url)
     assert first.returncode == 0, first.stderr
-    second = amqpworker("topology", "apply", "--routing", path, "--broker", broker_url)
+    second = run_cli("topology", "apply", "--routing", path, "--broker", broker_url)
     assert second.returncode == 0, second.stderr
-    check = amqpworker("topology", "check", "--routing", path, "--broker", broker_url)
+    check = run_cli("topology", "check", "--routing", path, "--broker", broker_url)
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.startswith("ok:")
 
 
 def test_check_names_a_difference_made_on_the_broker(routing, broker_url: str, admin) -> None:
     path = str(routing["path"])
-    assert (
-        amqpworker("topology", "apply", "--routing", path, "--broker", broker_url).returncode == 0
-    )
+    assert run_cli("topology", "apply", "--routing", path, "--broker", broker_url).returncode == 0
     queue = routing["priority"]
 
     async def redeclare_differently(channel) -> None:
@@ -82,7 +68,7 @@ def test_check_names_a_difference_made_on_the_broker(routing, broker_url: str, a
         await channel.declare_queue(queue, durable=True, arguments={"x-max-priority": 5})
 
     admin.run(admin._with_channel(redeclare_differently))
-    check = amqpworker("topology", "check", "--routing", path, "--broker", broker_url)
+    check = run_cli("topology", "check", "--routing", path, "--broker", broker_url)
     assert check.returncode == 1
     assert (
         f"queue '{queue}': x-max-priority is 5 on the broker, but the file says 10" in check.stdout
@@ -91,9 +77,7 @@ def test_check_names_a_difference_made_on_the_broker(routing, broker_url: str, a
 
 
 def test_check_reports_missing_entities(routing, broker_url: str) -> None:
-    check = amqpworker(
-        "topology", "check", "--routing", str(routing["path"]), "--broker", broker_url
-    )
+    check = run_cli("topology", "check", "--routing", str(routing["path"]), "--broker", broker_url)
     assert check.returncode == 1
     assert f"exchange '{routing['exchange']}' is missing" in check.stdout
     assert f"queue '{routing['quorum']}' is missing" in check.stdout
@@ -158,7 +142,7 @@ def test_priority_nine_runs_before_priority_one(routing, broker_url: str, start_
 
 
 def test_show_prints_routes_resolved_per_task(routing) -> None:
-    shown = amqpworker(
+    shown = run_cli(
         "topology", "show", "--routing", str(routing["path"]), "-A", "tests.integration.sample_app"
     )
     assert shown.returncode == 0, shown.stderr
@@ -169,7 +153,7 @@ def test_show_prints_routes_resolved_per_task(routing) -> None:
 def test_malformed_routing_file_names_the_file_and_the_entry(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("queues:\n  - {name: a}\n  - {name: b, max_priority: high}\n")
-    shown = amqpworker("topology", "show", "--routing", str(path))
+    shown = run_cli("topology", "show", "--routing", str(path))
     assert shown.returncode == 2
     assert f"{path}: queues[1].max_priority" in shown.stderr
 

@@ -624,3 +624,29 @@ def test_exception_to_data_nested_class() -> None:
 
     assert data["exc_type"] == "Outer.InnerError"
     assert data["exc_module"] == __name__
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "problem"),
+    [
+        ("chord", '{"id": "c", "size": 2, "index": 0}', "needs 'body'"),
+        ("chain", '[{"args": []}]', "without a task name"),
+        ("callbacks", '{"task": "x"}', "must be JSON list"),
+        ("chain", "not json", "is not JSON"),
+    ],
+)
+def test_malformed_workflow_headers_are_refused_at_decode(
+    serializers: SerializerRegistry, header: str, value: str, problem: str
+) -> None:
+    envelope = TaskMessage("app.add").encode(serializers.get("json"))
+    broken = replace(envelope, headers={**envelope.headers, header: value})
+    with pytest.raises(DecodeError, match=problem):
+        TaskMessage.decode(broken, serializers, accepted(serializers))
+
+
+def test_workflow_headers_carry_datetimes_as_iso_text(serializers: SerializerRegistry) -> None:
+    when = dt.datetime(2030, 1, 1, tzinfo=UTC)
+    step = {"task": "app.add", "args": [1], "kwargs": {}, "options": {"eta": when}}
+    envelope = TaskMessage("app.add", chain=[step]).encode(serializers.get("json"))
+    decoded = TaskMessage.decode(envelope, serializers, accepted(serializers))
+    assert decoded.chain[0]["options"]["eta"] == when.isoformat()

@@ -37,12 +37,12 @@ from ..app.client import Client
 from ..app.routing import Destination
 from ..app.task import Request, Task, current_request
 from ..broker import Broker, Delivery
-from ..exceptions import DeliveryLost, MessageError, NotRegistered, TaskRevokedError
+from ..exceptions import MessageError, NotRegistered, TaskRevokedError
 from ..log import bound, get_logger, hide_password
-from ..topology import dlq_name
-from ..wire import ResultMessage, TaskMessage, deadletter
+from ..wire import ResultMessage, TaskMessage
 from ..wire.results import FAILURE, RETRY, REVOKED, STARTED, exception_to_data, now_iso
 from .execution import Outcome, run_async, run_sync
+from .settle import Settler
 from .workflow import JOIN_TASK, Workflow
 
 log = get_logger(__name__)
@@ -104,6 +104,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._client: Client | None = None
         self._workflow: Workflow | None = None
+        self._settle: Settler
         self._consumer: Broker | None = None
 
     # Lifecycle.
@@ -161,6 +162,7 @@ class Worker:
         conf = self.app.conf
         self._client = await self.app.client()
         self._workflow = Workflow(self.app, self._client)
+        self._settle = Settler(self._client.broker, self.stats, self.topology)
         self._consumer = Broker(
             conf.broker_url,
             name=f"{self.hostname} consumer",
@@ -198,7 +200,7 @@ class Worker:
     async def _drain(self) -> None:
         for delivery in list(self._waiting):
             self._waiting.discard(delivery)
-            await self._requeue(delivery)
+            await self._settle.requeue(delivery)
         if self._running:
             _, late = await asyncio.wait(self._running, timeout=self.shutdown_timeout)
             if late:
@@ -219,10 +221,12 @@ class Worker:
     async def _handle(self, delivery: Delivery) -> None:
         self.stats.received += 1
         if self._stopping:
-            await self._requeue(delivery)
+            await self._settle.requeue(delivery)
             return
         if delivery.redelivered:
-            settling = asyncio.ensure_future(self._count_redelivery(delivery))
+            settling = asyncio.ensure_future(
+                self._settle.count_redelivery(delivery, self._specs.get(delivery.queue))
+            )
             self._settling.add(settling)
             try:
                 if await settling:
@@ -233,7 +237,7 @@ class Worker:
             message = TaskMessage.decode(delivery.envelope, self.app.serializers, self.accepted)
         except MessageError as exc:
             await self._tell_caller_it_failed(delivery, exc)
-            await self._dead_letter(delivery, exc.reason, str(exc))
+            await self._settle.dead_letter(delivery, exc.reason, str(exc))
             return
         if message.eta is not None and await self._not_yet(delivery, message):
             return
@@ -244,7 +248,7 @@ class Worker:
         if task is None:
             error = NotRegistered(f"task {message.task!r} is not registered on this worker")
             await self._report_quietly(message, _failed(message, error))
-            await self._dead_letter(delivery, "unknown-task", str(error))
+            await self._settle.dead_letter(delivery, "unknown-task", str(error))
             return
         self._waiting.add(delivery)
         async with self._slots:
@@ -275,7 +279,7 @@ class Worker:
                 await self._report_quietly(
                     message, replace(_failed(message, revoked), status=REVOKED)
                 )
-                await self._ack(delivery)
+                await self._settle.ack(delivery)
                 return
             if task.effective_track_started and message.reply_to:
                 await self._report_quietly(
@@ -283,7 +287,7 @@ class Worker:
                 )
             acks_late = task.effective_acks_late
             if not acks_late:
-                await self._ack(delivery)
+                await self._settle.ack(delivery)
             outcome = await self._run(task, request)
             self._count(task.name, outcome)
             await self._flush_states(request)
@@ -299,7 +303,7 @@ class Worker:
                         log.error(
                             "could not send the result; the task will run again", error=str(exc)
                         )
-                        await self._requeue(delivery)
+                        await self._settle.requeue(delivery)
                         return
             if self._workflow is not None and self._workflow.involved(message):
                 # After this task's own state (a caller sees the failing step fail first),
@@ -311,7 +315,7 @@ class Worker:
                     log.error(
                         "could not continue the workflow; the task will run again", error=str(exc)
                     )
-                    await self._requeue(delivery)
+                    await self._settle.requeue(delivery)
                     return
                 finally:
                     current_request.reset(token)
@@ -319,7 +323,7 @@ class Worker:
                 await self._give_up(delivery, message, outcome, request)
                 return
             if acks_late:
-                await self._ack(delivery)
+                await self._settle.ack(delivery)
 
     async def _join(self, delivery: Delivery, message: TaskMessage) -> None:
         assert self._workflow is not None
@@ -327,9 +331,9 @@ class Worker:
             await self._workflow.join(message, delivery.queue)
         except Exception as exc:
             log.error("chord join failed; it will be tried again", error=str(exc))
-            await self._requeue(delivery)
+            await self._settle.requeue(delivery)
             return
-        await self._ack(delivery)
+        await self._settle.ack(delivery)
 
     async def _not_yet(self, delivery: Delivery, message: TaskMessage) -> bool:
         """Honour a message's eta; True when it went back to wait in the broker.
@@ -350,9 +354,9 @@ class Worker:
             await self._publish_again(delivery, message)
         except Exception as exc:
             log.error("could not delay the message again; requeueing it", error=str(exc))
-            await self._requeue(delivery)
+            await self._settle.requeue(delivery)
             return True
-        await self._ack(delivery)
+        await self._settle.ack(delivery)
         return True
 
     async def _publish_again(self, delivery: Delivery, message: TaskMessage) -> None:
@@ -382,7 +386,7 @@ class Worker:
             await self._publish_again(delivery, again)
         except Exception as exc:
             log.error("could not publish the retry; the message goes back", error=str(exc))
-            await self._requeue(delivery)
+            await self._settle.requeue(delivery)
             return
         await self._report_quietly(
             message,
@@ -395,7 +399,7 @@ class Worker:
                 message.task,
             ),
         )
-        await self._ack(delivery)
+        await self._settle.ack(delivery)
 
     async def _give_up(
         self, delivery: Delivery, message: TaskMessage, outcome: Outcome, request: Request
@@ -404,7 +408,7 @@ class Worker:
         await self._report_quietly(message, outcome.as_result(request))
         exception = outcome.exception
         assert exception is not None
-        await self._dead_letter(
+        await self._settle.dead_letter(
             delivery,
             "failed-after-retries",
             f"{type(exception).__name__}: {exception} (after {message.retries} retries)",
@@ -495,102 +499,6 @@ class Worker:
         else:
             self.stats.succeeded += 1
         self.stats.by_task[name] = self.stats.by_task.get(name, 0) + 1
-
-    async def _count_redelivery(self, delivery: Delivery) -> bool:
-        """Count deliveries on classic queues; True when the delivery was dealt with here.
-
-        RabbitMQ tells a classic-queue consumer only *that* a message was redelivered,
-        not how often, so a message whose task kills the worker would loop forever. The
-        count travels in a header: the redelivered message is republished (confirmed)
-        with the count raised, then acked, and the copy is what runs next. Past the
-        queue's delivery limit it is dead-lettered as crash-looping instead. Quorum
-        queues count by themselves (``x-delivery-limit``), so they skip this.
-        """
-        spec = self._specs.get(delivery.queue) or self.topology.queue(delivery.queue)
-        if spec.type == "quorum":
-            return False
-        known = delivery.envelope.headers.get(deadletter.DELIVERIES)
-        deliveries = (known if isinstance(known, int) and known > 0 else 1) + 1
-        limit = spec.effective_delivery_limit
-        if deliveries > limit:
-            await self._dead_letter(
-                delivery,
-                "crash-looping",
-                f"delivered {deliveries} times without being acknowledged (limit {limit}); "
-                "its task may be killing the worker",
-            )
-            return True
-        headers = {**delivery.envelope.headers, deadletter.DELIVERIES: deliveries}
-        try:
-            assert self._client is not None
-            await self._client.broker.publish(
-                replace(delivery.envelope, headers=headers), "", delivery.queue
-            )
-        except Exception as exc:
-            log.warning("could not count a redelivery; running it as is", error=str(exc))
-            return False
-        # The copy may be delivered to us next and kill us too: the original's ack must
-        # have reached the broker by then, or both would come back.
-        try:
-            await delivery.ack_for_sure()
-        except DeliveryLost as exc:
-            log.warning("ack not confirmed", reason=str(exc))
-        return True
-
-    # Acknowledgement, requeue and dead-lettering.
-
-    async def _ack(self, delivery: Delivery) -> None:
-        try:
-            await delivery.ack()
-        except DeliveryLost as exc:
-            log.warning("ack not sent", reason=str(exc))
-
-    async def _requeue(self, delivery: Delivery) -> None:
-        self.stats.requeued += 1
-        with contextlib.suppress(DeliveryLost):
-            await delivery.reject(requeue=True)
-
-    async def _dead_letter(
-        self, delivery: Delivery, reason: str, detail: str, exception: str | None = None
-    ) -> None:
-        """Copy the message into ``<queue>.dlq`` with the reason, then ack the original."""
-        envelope = delivery.envelope
-        headers = deadletter.dead_letter_headers(
-            envelope.headers,
-            reason=reason,
-            detail=detail,
-            queue=delivery.queue,
-            exchange=delivery.exchange,
-            routing_key=delivery.routing_key,
-            exception=exception,
-        )
-        self.stats.dead_lettered += 1
-        log.error(
-            "message dead-lettered",
-            reason=reason,
-            detail=detail,
-            queue=delivery.queue,
-            message_id=envelope.message_id,
-            dead_letter_queue=dlq_name(delivery.queue),
-        )
-        copy = replace(envelope, headers=headers)
-        assert self._client is not None
-        broker = self._client.broker
-        try:
-            await broker.publish(copy, "", dlq_name(delivery.queue))
-        except Exception as first:
-            # The DLQ may have been deleted under us: declare it again and retry once.
-            log.warning("dead-letter copy failed; declaring the DLQ again", error=str(first))
-            try:
-                await broker.declare_queue_named(dlq_name(delivery.queue))
-                await broker.publish(copy, "", dlq_name(delivery.queue))
-            except Exception as second:
-                # Rejecting now could drop it (its dead-letter target is what failed), so
-                # it goes back to its queue, where it stays visible until the DLQ works.
-                log.error("cannot dead-letter; message returned to its queue", error=str(second))
-                await self._requeue(delivery)
-                return
-        await self._ack(delivery)
 
 
 def _failed(message: TaskMessage, error: BaseException) -> ResultMessage:

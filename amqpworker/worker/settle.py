@@ -1,0 +1,124 @@
+"""Settling a delivery: ack, requeue, dead-letter, and counting redeliveries.
+
+Every way a delivery can end is here, so that the rules hold everywhere: an ack or a
+reject goes to the channel that delivered (a closed one means the broker redelivers),
+and nothing is rejected into a dead-letter queue that may not exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ..broker import Broker, Delivery
+from ..exceptions import DeliveryLost
+from ..log import get_logger
+from ..topology import QueueSpec, Topology, dlq_name
+from ..wire import deadletter
+
+if TYPE_CHECKING:
+    from .worker import WorkerStats
+
+log = get_logger(__name__)
+
+
+class Settler:
+    """Ends deliveries for one worker, through its publishing broker connection."""
+
+    def __init__(self, broker: Broker, stats: WorkerStats, topology: Topology) -> None:
+        self.broker = broker
+        self.stats = stats
+        self.topology = topology
+
+    async def count_redelivery(self, delivery: Delivery, spec: QueueSpec | None) -> bool:
+        """Count deliveries on classic queues; True when the delivery was dealt with here.
+
+        RabbitMQ tells a classic-queue consumer only *that* a message was redelivered,
+        not how often, so a message whose task kills the worker would loop forever. The
+        count travels in a header: the redelivered message is republished (confirmed)
+        with the count raised, then acked, and the copy is what runs next. Past the
+        queue's delivery limit it is dead-lettered as crash-looping instead. Quorum
+        queues count by themselves (``x-delivery-limit``), so they skip this.
+        """
+        spec = spec or self.topology.queue(delivery.queue)
+        if spec.type == "quorum":
+            return False
+        known = delivery.envelope.headers.get(deadletter.DELIVERIES)
+        deliveries = (known if isinstance(known, int) and known > 0 else 1) + 1
+        limit = spec.effective_delivery_limit
+        if deliveries > limit:
+            await self.dead_letter(
+                delivery,
+                "crash-looping",
+                f"delivered {deliveries} times without being acknowledged (limit {limit}); "
+                "its task may be killing the worker",
+            )
+            return True
+        headers = {**delivery.envelope.headers, deadletter.DELIVERIES: deliveries}
+        try:
+            await self.broker.publish(
+                replace(delivery.envelope, headers=headers), "", delivery.queue
+            )
+        except Exception as exc:
+            log.warning("could not count a redelivery; running it as is", error=str(exc))
+            return False
+        # The copy may be delivered to us next and kill us too: the original's ack must
+        # have reached the broker by then, or both would come back.
+        try:
+            await delivery.ack_for_sure()
+        except DeliveryLost as exc:
+            log.warning("ack not confirmed", reason=str(exc))
+        return True
+
+    async def ack(self, delivery: Delivery) -> None:
+        try:
+            await delivery.ack()
+        except DeliveryLost as exc:
+            log.warning("ack not sent", reason=str(exc))
+
+    async def requeue(self, delivery: Delivery) -> None:
+        self.stats.requeued += 1
+        with contextlib.suppress(DeliveryLost):
+            await delivery.reject(requeue=True)
+
+    async def dead_letter(
+        self, delivery: Delivery, reason: str, detail: str, exception: str | None = None
+    ) -> None:
+        """Copy the message into ``<queue>.dlq`` with the reason, then ack the original."""
+        envelope = delivery.envelope
+        headers = deadletter.dead_letter_headers(
+            envelope.headers,
+            reason=reason,
+            detail=detail,
+            queue=delivery.queue,
+            exchange=delivery.exchange,
+            routing_key=delivery.routing_key,
+            exception=exception,
+        )
+        self.stats.dead_lettered += 1
+        log.error(
+            "message dead-lettered",
+            reason=reason,
+            detail=detail,
+            queue=delivery.queue,
+            message_id=envelope.message_id,
+            dead_letter_queue=dlq_name(delivery.queue),
+        )
+        copy = replace(envelope, headers=headers)
+        broker = self.broker
+        try:
+            await broker.publish(copy, "", dlq_name(delivery.queue))
+        except Exception as first:
+            # The DLQ may have been deleted under us: declare it again and retry once.
+            log.warning("dead-letter copy failed; declaring the DLQ again", error=str(first))
+            try:
+                await broker.declare_queue_named(dlq_name(delivery.queue))
+                await broker.publish(copy, "", dlq_name(delivery.queue))
+            except Exception as second:
+                # Rejecting now could drop it (its dead-letter target is what failed), so
+                # it goes back to its queue, where it stays visible until the DLQ works.
+                log.error("cannot dead-letter; message returned to its queue", error=str(second))
+                await self.requeue(delivery)
+                return
+        await self.ack(delivery)

@@ -18,6 +18,12 @@ topic exchange) with the routing key it would have had without a delay.
 Each level queue holds messages of one TTL only, so they expire in arrival order: no
 message waits behind a longer one (the head-of-line problem of a single TTL queue).
 28 levels reach 2**28 - 1 seconds, about 8.5 years.
+
+Every move between levels is a dead-lettering, and RabbitMQ dead-letters from classic
+queues *at most once*: a message moving while the broker shuts down can vanish. So the
+level and landing queues are quorum queues with at-least-once dead-lettering (RabbitMQ
+3.10 and later): a message moving during a shutdown moves after the restart, or twice,
+never not at all.
 """
 
 from __future__ import annotations
@@ -29,6 +35,17 @@ LEVELS = 28
 MAX_DELAY = 2**LEVELS - 1
 PREFIX = "amqpworker.delay"
 DELIVER_EXCHANGE = f"{PREFIX}.deliver"
+#: Where a delayed message goes whose landing queue no longer exists: at-least-once
+#: dead-lettering retries an unroutable message forever and holds up the messages behind
+#: it, so the deliver exchange always routes, to here if nowhere else.
+UNROUTABLE = f"{PREFIX}.unroutable"
+UNROUTABLE_TTL_MS = 7 * 24 * 3600 * 1000
+#: Arguments every level and landing queue shares (see the module docstring).
+QUEUE_ARGUMENTS = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
 
 
 def level_name(level: int) -> str:

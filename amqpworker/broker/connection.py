@@ -44,6 +44,12 @@ from .declare import declare_queue
 
 log = get_logger(__name__)
 
+#: What a settle call raises when the channel or the whole connection went away.
+CHANNEL_GONE = (
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.AMQPConnectionError,
+    ConnectionError,
+)
 #: Channel numbers for short-lived probe channels (see Broker._probe_number).
 PROBE_CHANNELS = (30000, 65000)
 #: Seconds between reconnection attempts; short, because a worker without a broker idles.
@@ -77,6 +83,18 @@ class Delivery:
         self.redelivered = bool(message.redelivered)
         self.envelope = envelope_of(message)
 
+    @property
+    def stale(self) -> bool:
+        """True when the channel that delivered it has closed.
+
+        The broker has then taken the message back and will deliver it again, so
+        running it now would run it twice.
+        """
+        try:
+            return self._message.channel.is_closed
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return True
+
     async def ack(self) -> None:
         """Acknowledge once; later acks and rejects of a settled delivery do nothing."""
         if self._settled:
@@ -87,7 +105,7 @@ class Delivery:
             # a redelivery, which at-least-once allows (ack_for_sure is for when it must).
             channel = self._message.channel
             await channel.basic_ack(delivery_tag=self._message.delivery_tag or 0, wait=False)
-        except aiormq.exceptions.ChannelInvalidStateError as exc:
+        except CHANNEL_GONE as exc:
             raise DeliveryLost("channel closed before the ack; it will be redelivered") from exc
 
     async def ack_for_sure(self) -> None:
@@ -102,7 +120,7 @@ class Delivery:
         await self.ack()
         try:
             await self._message.channel.basic_qos(prefetch_count=self._prefetch)
-        except aiormq.exceptions.ChannelInvalidStateError as exc:
+        except CHANNEL_GONE as exc:
             raise DeliveryLost("channel closed right after the ack") from exc
 
     async def reject(self, requeue: bool) -> None:
@@ -111,7 +129,7 @@ class Delivery:
         self._settled = True
         try:
             await self._message.reject(requeue=requeue)
-        except aiormq.exceptions.ChannelInvalidStateError as exc:
+        except CHANNEL_GONE as exc:
             raise DeliveryLost("channel closed before the reject") from exc
 
 

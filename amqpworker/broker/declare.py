@@ -73,8 +73,16 @@ async def apply(
 
 async def declare_delay_topology(channel: AbstractChannel) -> None:
     """Declare the delay levels, idempotently (see :mod:`amqpworker.delay`)."""
+    unroutable = await channel.declare_exchange(delay.UNROUTABLE, ExchangeType.FANOUT, durable=True)
+    stranded = await channel.declare_queue(
+        delay.UNROUTABLE, durable=True, arguments={"x-message-ttl": delay.UNROUTABLE_TTL_MS}
+    )
+    await stranded.bind(unroutable)
     deliver = await channel.declare_exchange(
-        delay.DELIVER_EXCHANGE, ExchangeType.TOPIC, durable=True
+        delay.DELIVER_EXCHANGE,
+        ExchangeType.TOPIC,
+        durable=True,
+        arguments={"alternate-exchange": delay.UNROUTABLE},
     )
     below = deliver
     for level in range(delay.LEVELS):
@@ -84,6 +92,7 @@ async def declare_delay_topology(channel: AbstractChannel) -> None:
             name,
             durable=True,
             arguments={
+                **delay.QUEUE_ARGUMENTS,
                 "x-message-ttl": delay.level_ttl_ms(level),
                 "x-dead-letter-exchange": below.name,
             },
@@ -100,6 +109,7 @@ async def declare_landing(channel: AbstractChannel, exchange: str, routing_key: 
         delay.landing_queue(exchange, routing_key),
         durable=True,
         arguments={
+            **delay.QUEUE_ARGUMENTS,
             "x-message-ttl": 0,
             "x-dead-letter-exchange": exchange,
             "x-dead-letter-routing-key": routing_key,

@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,10 @@ from .settle import Settler
 from .workflow import JOIN_TASK, Workflow
 
 log = get_logger(__name__)
+
+
+#: Recently finished tasks this worker remembers, to ack redeliveries of them unrun.
+FINISHED_MEMORY = 10_000
 
 
 @dataclass
@@ -101,6 +106,8 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._waiting: set[Delivery] = set()
         self._settling: set[asyncio.Future[bool]] = set()
+        self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._in_flight: set[tuple[str, int]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._client: Client | None = None
         self._workflow: Workflow | None = None
@@ -239,6 +246,9 @@ class Worker:
             await self._tell_caller_it_failed(delivery, exc)
             await self._settle.dead_letter(delivery, exc.reason, str(exc))
             return
+        if self._second_copy(delivery, message):
+            await self._settle.ack(delivery)
+            return
         if message.eta is not None and await self._not_yet(delivery, message):
             return
         if message.task == JOIN_TASK:
@@ -259,9 +269,17 @@ class Worker:
                 # A counted copy may be this very message: it must not run (and maybe
                 # kill us) before the original's ack has reached the broker.
                 await asyncio.wait(set(self._settling))
+            if delivery.stale:
+                # Its channel closed while it waited: the broker has it again already.
+                log.info("skipping a delivery from a closed channel", task_id=message.id)
+                return
+            if self._second_copy(delivery, message):  # no await from here to _in_flight.add
+                await self._settle.ack(delivery)
+                return
             current = asyncio.current_task()
             assert current is not None
             self._running.add(current)
+            self._in_flight.add((message.id, message.retries))
             self.stats.running += 1
             try:
                 await self._execute(delivery, message, task)
@@ -270,6 +288,7 @@ class Worker:
             finally:
                 self.stats.running -= 1
                 self._running.discard(current)
+                self._in_flight.discard((message.id, message.retries))
 
     async def _execute(self, delivery: Delivery, message: TaskMessage, task: Task) -> None:
         request = self._request(delivery, message)
@@ -290,21 +309,19 @@ class Worker:
                 await self._settle.ack(delivery)
             outcome = await self._run(task, request)
             self._count(task.name, outcome)
+            exhausted = request.retries_exhausted and outcome.exception is not None
+            if outcome.retry is None and not exhausted:
+                # It ran: whatever happens to its report or ack, a copy must not run again.
+                self._remember_finished(message)
             await self._flush_states(request)
             if outcome.retry is not None:
                 await self._retry(delivery, message, outcome)
                 return
-            exhausted = request.retries_exhausted and outcome.exception is not None
             if not task.effective_ignore_result and not exhausted:
-                try:
-                    await self._report(message, outcome.as_result(request))
-                except Exception as exc:
-                    if acks_late:
-                        log.error(
-                            "could not send the result; the task will run again", error=str(exc)
-                        )
-                        await self._settle.requeue(delivery)
-                        return
+                # A result that cannot be sent (the broker is going away) is logged, not
+                # retried by running the task again: a second run is worse than a lost
+                # result message, and the caller's reply queue may be gone too.
+                await self._report_quietly(message, outcome.as_result(request))
             if self._workflow is not None and self._workflow.involved(message):
                 # After this task's own state (a caller sees the failing step fail first),
                 # before the ack (a crash continues the workflow again, never not at all).
@@ -312,9 +329,11 @@ class Worker:
                 try:
                     await self._workflow.after(message, request, outcome, delivery.queue)
                 except Exception as exc:
+                    # The next steps must not be lost: run this task again (at least once).
                     log.error(
                         "could not continue the workflow; the task will run again", error=str(exc)
                     )
+                    self._finished.pop((message.id, message.retries), None)
                     await self._settle.requeue(delivery)
                     return
                 finally:
@@ -324,6 +343,27 @@ class Worker:
                 return
             if acks_late:
                 await self._settle.ack(delivery)
+
+    def _second_copy(self, delivery: Delivery, message: TaskMessage) -> bool:
+        """Is this a copy of a task this worker ran (among its last ones), or is running?
+
+        Copies come from an ack or a result lost when the connection dropped (the task
+        comes back), and from the broker's at-least-once dead-lettering in the delay
+        levels around a restart (a fresh message with ``x-death``). Acking a copy instead
+        of running it keeps a broker restart from running tasks twice on this worker.
+        A retry is not a copy: it carries the next retry number.
+        """
+        key = (message.id, message.retries)
+        copied = "x-death" in delivery.envelope.headers and not delivery.redelivered
+        if key in self._finished or (copied and key in self._in_flight):
+            log.info("acking a second copy of a task that ran here", task_id=message.id)
+            return True
+        return False
+
+    def _remember_finished(self, message: TaskMessage) -> None:
+        self._finished[(message.id, message.retries)] = None
+        if len(self._finished) > FINISHED_MEMORY:
+            self._finished.popitem(last=False)
 
     async def _join(self, delivery: Delivery, message: TaskMessage) -> None:
         assert self._workflow is not None

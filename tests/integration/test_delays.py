@@ -161,3 +161,20 @@ def test_retry_keeps_the_message_id_and_counts_retries(
     result = app.tasks["tests.integration.sample_app.flaky"].delay(1)
     assert result.get(timeout=20) == 1
     assert admin.message_count(queue) == 0
+
+
+def test_a_vanished_destination_does_not_hold_up_other_delays(
+    app: App, broker_url: str, admin: BrokerAdmin, start_worker
+) -> None:
+    gone = admin.new_queue("gone")
+    app.send_task(CLOCK, queue=gone, countdown=1)
+
+    async def delete_destination(channel) -> None:  # type: ignore[no-untyped-def]
+        await channel.queue_delete(delay_names.landing_queue("", gone))
+
+    admin.run(admin._with_channel(delete_destination))
+    # At-least-once dead-lettering would retry the stranded message forever and hold up
+    # the level behind it; the deliver exchange's alternate exchange takes it instead.
+    start_worker(app)
+    sent = time.time()
+    assert app.tasks[CLOCK].apply_async(countdown=2).get(timeout=15) - sent < 2 + 3

@@ -8,6 +8,7 @@ stuck run ends with a message and a traceback, never a hang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import os
 import signal
@@ -22,8 +23,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: Systems measured by default, in this order within each repeat.
+DEFAULT_SYSTEMS = "amqpworker,celery,dramatiq,taskiq,raw"
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -110,7 +114,7 @@ class Config:
             n=n,
             rt=_env_int("BENCH_RT", 1_000),
             repeats=_env_int("BENCH_REPEATS", 3),
-            systems=_env_list("BENCH_SYSTEMS", "amqpworker,raw"),
+            systems=_env_list("BENCH_SYSTEMS", DEFAULT_SYSTEMS),
             url=os.environ.get("BENCH_URL") or DEFAULT_URL,
             concurrency=_env_int("BENCH_CONCURRENCY", 4),
             prefetch_multiplier=_env_int("BENCH_PREFETCH_MULTIPLIER", 4),
@@ -129,6 +133,7 @@ class Config:
 # Queues and child processes this run created: cleaned up at the end, or by the watchdog.
 
 _queues: list[str] = []
+_exchanges: list[str] = []
 _children: dict[int, subprocess.Popen[bytes]] = {}
 _lock = threading.Lock()
 
@@ -141,12 +146,33 @@ def new_queue(config: Config, label: str) -> str:
     return name
 
 
+def remember_queues(*names: str) -> None:
+    """Queues a peer library declares besides the ones :func:`new_queue` named (Dramatiq's
+    ``.DQ``/``.XQ``): deleted with the rest at the end, also by the watchdog."""
+    with _lock:
+        _queues.extend(name for name in names if name not in _queues)
+
+
+def remember_exchange(name: str) -> None:
+    """An exchange this run declared (Celery's and Taskiq's per-queue exchange)."""
+    with _lock:
+        if name not in _exchanges:
+            _exchanges.append(name)
+
+
 def created_queues() -> list[str]:
     with _lock:
         return list(_queues)
 
 
-async def _delete_queues(url: str, names: Sequence[str]) -> list[str]:
+def created_exchanges() -> list[str]:
+    with _lock:
+        return list(_exchanges)
+
+
+async def _delete_queues(
+    url: str, names: Sequence[str], exchanges: Sequence[str] = ()
+) -> list[str]:
     import aio_pika
 
     failed = []
@@ -159,28 +185,45 @@ async def _delete_queues(url: str, names: Sequence[str]) -> list[str]:
                     await asyncio.wait_for(channel.queue_delete(queue), 10)
                     await channel.close()
                 except Exception as exc:
-                    failed.append(f"{queue}: {exc!r}")
+                    failed.append(f"queue {queue}: {exc!r}")
+        for exchange in exchanges:
+            try:
+                channel = await connection.channel()
+                await asyncio.wait_for(channel.exchange_delete(exchange), 10)
+                await channel.close()
+            except Exception as exc:
+                failed.append(f"exchange {exchange}: {exc!r}")
     finally:
         await connection.close()
     return failed
 
 
-def delete_queues(url: str, names: Sequence[str] | None = None) -> None:
-    """Delete the given queues (default: all this run created) and their ``.dlq`` queues."""
-    names = created_queues() if names is None else list(names)
-    if not names:
+def delete_queues(
+    url: str, names: Sequence[str] | None = None, exchanges: Sequence[str] | None = None
+) -> None:
+    """Delete the given queues and their ``.dlq`` queues, and the given exchanges.
+
+    Without arguments: everything this run created and has not deleted yet.
+    """
+    if names is None and exchanges is None:
+        names, exchanges = created_queues(), created_exchanges()
+    names, exchanges = list(names or ()), list(exchanges or ())
+    if not names and not exchanges:
         return
     try:
-        failed = asyncio.run(asyncio.wait_for(_delete_queues(url, names), 60))
+        failed = asyncio.run(asyncio.wait_for(_delete_queues(url, names, exchanges), 60))
     except Exception as exc:
-        print(f"warning: could not clean up queues {names}: {exc!r}", file=sys.stderr)
+        print(f"warning: could not clean up {names} {exchanges}: {exc!r}", file=sys.stderr)
         return
     with _lock:
         for name in names:
             if name in _queues:
                 _queues.remove(name)
+        for name in exchanges:
+            if name in _exchanges:
+                _exchanges.remove(name)
     for line in failed:
-        print(f"warning: could not delete queue {line}", file=sys.stderr)
+        print(f"warning: could not delete {line}", file=sys.stderr)
 
 
 def start_process(args: Sequence[str], log_path: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -269,6 +312,197 @@ def cpu_seconds(pid: int) -> float:
         fields = stat.read().rpartition(")")[2].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime: fields 14 and 15
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (Dramatiq's and Taskiq's supervisor + workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
+def tree_rss_kib(pids: Sequence[int]) -> int:
+    """Summed VmRSS of these processes and all their descendants, in KiB."""
+    total = 0
+    for root in pids:
+        for pid in process_tree(root):
+            try:
+                total += rss_kib(pid)[0]
+            except (OSError, KeyError):
+                continue  # exited meanwhile, or a zombie without memory
+    return total
+
+
+def tree_cpu_seconds(pids: Sequence[int]) -> float:
+    """Summed user + system CPU of these processes and their live descendants."""
+    total = 0.0
+    for root in pids:
+        for pid in process_tree(root):
+            try:
+                total += cpu_seconds(pid)
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                next(lines)
+                for line in lines:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                        inodes.add(fields[9])
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue
+    return inodes
+
+
+def broker_pids(url: str) -> list[int]:
+    """The local ``beam.smp`` that listens on the URL's port, or [] if there is none."""
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return []
+    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(parsed.port or 5672)}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as comm:
+                if comm.read().strip() != "beam.smp":
+                    continue
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in sockets:
+                    return [int(entry)]
+    return []
+
+
+_broker: list[int] | None = None
+
+
+def broker_cpu_seconds() -> float | None:
+    """CPU time used so far by the local broker, or None if it is not on this machine.
+
+    Other programs using the same broker meanwhile count too: it is an upper bound. The
+    broker is looked up once (its listening socket), so a call costs microseconds.
+    """
+    global _broker
+    if _broker is None:
+        _broker = broker_pids(os.environ.get("BENCH_URL") or DEFAULT_URL)
+    try:
+        return sum(cpu_seconds(pid) for pid in _broker) if _broker else None
+    except OSError:  # the broker restarted
+        _broker = None
+        return None
+
+
+async def _queue_state(url: str, queue: str) -> tuple[int, int]:
+    import aio_pika
+
+    connection = await aio_pika.connect(url, timeout=10)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        result = declared.declaration_result
+        return result.message_count or 0, result.consumer_count or 0
+    finally:
+        await connection.close()
+
+
+def queue_state(url: str, queue: str, timeout: float = 20.0) -> tuple[int, int]:
+    """``(ready messages, consumers)`` of an existing queue, by a passive declare."""
+    return asyncio.run(asyncio.wait_for(_queue_state(url, queue), timeout))
+
+
+async def _wait_consumers(
+    url: str, queue: str, consumers: int, procs: Sequence[subprocess.Popen[bytes]]
+) -> tuple[float, int]:
+    import aio_pika
+
+    connection = await aio_pika.connect(url, timeout=10)
+    try:
+        channel = await connection.channel()
+        while True:
+            declared = await channel.declare_queue(queue, passive=True)
+            result = declared.declaration_result
+            if (result.consumer_count or 0) >= consumers:
+                return time.time(), result.message_count or 0
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise BenchError(f"worker pid {proc.pid} exited with {proc.returncode}")
+            await asyncio.sleep(0.002)
+    finally:
+        await connection.close()
+
+
+def wait_consumers(
+    url: str,
+    queue: str,
+    consumers: int,
+    timeout: float,
+    procs: Sequence[subprocess.Popen[bytes]] = (),
+) -> tuple[float, int]:
+    """Poll until ``queue`` has ``consumers`` consumers; return ``(time.time(), ready)``.
+
+    The multi-process drains start timing here: once every worker process consumes, with
+    the number of messages still waiting in the queue at that moment.
+    """
+    try:
+        return asyncio.run(asyncio.wait_for(_wait_consumers(url, queue, consumers, procs), timeout))
+    except asyncio.TimeoutError:
+        raise BenchError(
+            f"{queue}: fewer than {consumers} consumers after {timeout:.0f}s"
+        ) from None
+
+
+def check_filled(url: str, queue: str, expected: int, what: str) -> None:
+    """The queue holds exactly ``expected`` messages (polled: enqueueing is asynchronous)."""
+    count = -1
+    for _ in range(250):
+        count, _consumers = queue_state(url, queue)
+        if count == expected:
+            return
+        time.sleep(0.02)
+    raise BenchError(f"{what}: queue {queue} holds {count} messages, not {expected}")
+
+
+def drained_rate(
+    config: Config, t0: float, ready: int, start: float, end: float, what: str
+) -> tuple[float, float]:
+    """Rate and time base of a multi-process drain: the messages still ready when every
+    process consumed (less the end marker), over the time from then to the end marker.
+
+    When the first process drained (nearly) everything before the last one was up (a
+    tiny N), that is meaningless; then the markers time it, start-up included, with a
+    warning.
+    """
+    if end > t0 and ready - 1 > 2 * config.prefetch:
+        return (ready - 1) / (end - t0), t0
+    print(
+        f"warning: {what}: only {ready} messages left when all workers consumed; "
+        "timing by the markers instead (includes the later worker's start-up)",
+        file=sys.stderr,
+    )
+    return config.n / (end - start), start
 
 
 def percentile(values: Sequence[float], q: float) -> float:

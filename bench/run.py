@@ -1,9 +1,10 @@
 """Run the benchmark: ``python -m bench.run`` from the repository root.
 
 Settings come from ``BENCH_*`` environment variables (see bench/README.md). Systems are
-measured in turn within each repeat (amqpworker, raw, amqpworker, raw, ...) so that a
-burst of load from elsewhere hits both; the table shows the median of the repeats, and
-``bench/results/latest.json`` holds every repeat.
+measured in turn within each repeat (amqpworker, celery, dramatiq, taskiq, raw, amqpworker,
+...) so that a burst of load from elsewhere hits all of them; the table shows the median
+of the repeats with amqpworker's ratio to each other system, then the issue's target
+ratios, met or not. ``bench/results/latest.json`` holds every repeat.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,22 +27,111 @@ from .common import (
     ROOT,
     Config,
     Watchdog,
+    broker_cpu_seconds,
     delete_queues,
     kill_children,
     load_average,
     median,
 )
+from .peers import peer_versions
 from .systems import METRICS, System, base_metric, load_system
 
 BASELINE = "raw"
+SUBJECT = "amqpworker"
+#: Variants on whose rows the baseline's bare value (one consumer) is repeated.
+ONE_PROCESS = (None, "threads", "asyncio")
 
 
 def _lookup(values: dict[str, float], key: str) -> float | None:
-    """The exact metric, else its bare form (the baseline has no pool variants)."""
+    """The exact metric, else its bare form on a one-process row (raw has no variants)."""
     if key in values:
         return values[key]
-    base, _ = base_metric(key)
+    base, variant = base_metric(key)
+    if variant not in ONE_PROCESS:
+        return None
     return values.get(base)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One ratio the issue asks for: ``amqpworker[mine] / peer[theirs]`` op ``factor``."""
+
+    what: str
+    mine: str
+    peer: str
+    theirs: str
+    op: str  # ">=" (a rate) or "<=" (a latency)
+    factor: float
+    also: str | None = None  # amqpworker's other pool, shown for information
+
+    def ratio(self, medians: dict[str, dict[str, float]], mine: str | None = None) -> float | None:
+        ours = medians.get(SUBJECT, {}).get(mine or self.mine)
+        theirs = _lookup(medians.get(self.peer, {}), self.theirs)
+        if ours is None or not theirs:
+            return None
+        return ours / theirs
+
+    def met(self, ratio: float) -> bool:
+        return ratio >= self.factor if self.op == ">=" else ratio <= self.factor
+
+
+TARGETS = (
+    Target("drain, 1 process: amqpworker >= 1.5x Dramatiq", "drain_rate[threads]",
+           "dramatiq", "drain_rate[threads]", ">=", 1.5, also="drain_rate[asyncio]"),
+    Target("drain, 1 process: amqpworker >= 2x Celery", "drain_rate[threads]",
+           "celery", "drain_rate[threads]", ">=", 2.0, also="drain_rate[asyncio]"),
+    Target("drain, 1 process: amqpworker ~0.75x raw aio-pika consume", "drain_rate[threads]",
+           "raw", "drain_rate", ">=", 0.75, also="drain_rate[asyncio]"),
+    Target("drain, 2 processes: amqpworker >= Dramatiq", "drain_rate[threads x2]",
+           "dramatiq", "drain_rate[threads x2]", ">=", 1.0),
+    Target("enqueue: delay() >= Celery delay()", "enqueue_rate",
+           "celery", "enqueue_rate", ">=", 1.0),
+    Target("enqueue: bulk of N (send_many) >= Dramatiq send() loop", "enqueue_bulk_rate",
+           "dramatiq", "enqueue_rate", ">=", 1.0),
+    Target("round trip p50 <= 1.25x raw aio-pika RPC", "rt_p50_ms[threads]",
+           "raw", "rt_p50_ms", "<=", 1.25, also="rt_p50_ms[asyncio]"),
+    Target("round trip p50 <= 0.6x Celery rpc://", "rt_p50_ms[threads]",
+           "celery", "rt_p50_ms[threads]", "<=", 0.6, also="rt_p50_ms[asyncio]"),
+)  # fmt: skip
+
+
+def evaluate_targets(medians: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    found = []
+    for target in TARGETS:
+        ratio = target.ratio(medians)
+        also = target.ratio(medians, target.also) if target.also else None
+        found.append(
+            {
+                "target": target.what,
+                "amqpworker": target.mine,
+                "peer": f"{target.peer}:{target.theirs}",
+                "want": f"{target.op} {target.factor:g}x",
+                "ratio": ratio,
+                "met": None if ratio is None else target.met(ratio),
+                "other_pool": target.also,
+                "other_pool_ratio": also,
+            }
+        )
+    return found
+
+
+def render_targets(found: list[dict[str, Any]]) -> str:
+    lines = [
+        "| target | amqpworker metric / peer metric | want | ratio | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for item in found:
+        ratio = item["ratio"]
+        verdict = "not measured" if ratio is None else ("met" if item["met"] else "NOT met")
+        shown = "-" if ratio is None else f"{ratio:.2f}x"
+        if item["other_pool_ratio"] is not None:
+            pool = base_metric(item["other_pool"])[1]
+            shown += f" ({pool} pool: {item['other_pool_ratio']:.2f}x)"
+        lines.append(
+            f"| {item['target']} | {item['amqpworker']} / {item['peer']} | {item['want']} "
+            f"| {shown} | {verdict} |"
+        )
+    return "\n".join(lines)
 
 
 def _rows(medians: dict[str, dict[str, float]]) -> list[str]:
@@ -69,26 +160,32 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:.1f}"
 
 
+def _value(medians: dict[str, dict[str, float]], name: str, key: str) -> float | None:
+    values = medians.get(name, {})
+    # The baseline's bare value is repeated on the one-process rows of the others.
+    return _lookup(values, key) if name == BASELINE else values.get(key)
+
+
 def ratios(medians: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """``{system: {metric: system/baseline}}`` for every metric both have."""
-    baseline = medians.get(BASELINE)
-    if baseline is None:
+    """``{peer: {metric: amqpworker/peer}}`` for every metric both have."""
+    ours = medians.get(SUBJECT)
+    if ours is None:
         return {}
     found: dict[str, dict[str, float]] = {}
-    for name, values in medians.items():
-        if name == BASELINE:
+    for name in medians:
+        if name == SUBJECT:
             continue
-        for key in values:
-            reference = _lookup(baseline, key)
-            if reference:
-                found.setdefault(name, {})[key] = values[key] / reference
+        for key, value in ours.items():
+            theirs = _value(medians, name, key)
+            if theirs:
+                found.setdefault(name, {})[key] = value / theirs
     return found
 
 
 def table(medians: dict[str, dict[str, float]], names: list[str]) -> str:
     found = ratios(medians)
-    others = [name for name in names if name in found]
-    header = ["metric", "unit", *names, *(f"{name}/{BASELINE}" for name in others)]
+    peers = [name for name in names if name != SUBJECT and SUBJECT in medians]
+    header = ["metric", "unit", *names, *(f"{SUBJECT}/{name}" for name in peers)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key in _rows(medians):
         base, variant = base_metric(key)
@@ -96,22 +193,21 @@ def table(medians: dict[str, dict[str, float]], names: list[str]) -> str:
         unit = meta.unit if meta else ""
         label = (meta.label if meta else base) + (f" [{variant}]" if variant else "")
         cells = [label, unit]
-        for name in names:
-            values = medians.get(name, {})
-            # The baseline's bare value is repeated on each variant row of other systems.
-            cells.append(_fmt(_lookup(values, key) if name == BASELINE else values.get(key), unit))
-        for name in others:
-            ratio = found[name].get(key)
+        cells.extend(_fmt(_value(medians, name, key), unit) for name in names)
+        for name in peers:
+            ratio = found.get(name, {}).get(key)
             cells.append("-" if ratio is None else f"{ratio:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+def _versions(names: list[str]) -> dict[str, Any]:
+    versions: dict[str, Any] = {"python": platform.python_version()}
     for package in ("amqpworker", "aio-pika", "aiormq", "pamqp"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
+    if any(name not in (SUBJECT, BASELINE) for name in names):
+        versions["peers_venv"] = peer_versions()
     return versions
 
 
@@ -146,7 +242,9 @@ def main() -> int:
     config = Config.from_env()
     os.environ["BENCH_URL"] = config.url  # the amqpworker app reads it on import
     watchdog = Watchdog(config)
+    broker_local = broker_cpu_seconds() is not None  # finds the broker once, untimed
     load_before = load_average()
+    run_began = time.monotonic()
     print(
         f"bench run {config.run_id}: N={config.n} RT={config.rt} repeats={config.repeats} "
         f"systems={','.join(config.systems)} concurrency={config.concurrency} "
@@ -157,16 +255,19 @@ def main() -> int:
     )
     systems: list[System] = [load_system(name) for name in config.systems]
     repeats: dict[str, list[dict[str, float]]] = {system.name: [] for system in systems}
+    loads: list[dict[str, Any]] = []
     began = time.monotonic()
     try:
         for repeat in range(1, config.repeats + 1):
             for system in systems:
                 started = time.monotonic()
+                load = load_average()[0]
                 metrics = system.measure(config, watchdog)
                 repeats[system.name].append(metrics)
+                loads.append({"repeat": repeat, "system": system.name, "load1_before": load})
                 print(
                     f"  [{repeat}/{config.repeats}] {system.name} "
-                    f"({time.monotonic() - started:.0f}s): {_short(metrics)}",
+                    f"({time.monotonic() - started:.0f}s, load {load:.2f}): {_short(metrics)}",
                     flush=True,
                 )
     finally:
@@ -193,23 +294,29 @@ def main() -> int:
         f"Medians of {config.repeats} repeat(s), N={config.n}, R={config.rt}, "
         f"concurrency {config.concurrency}, prefetch {config.prefetch}; "
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
-        f"{time.monotonic() - began:.0f}s"
+        f"measuring {time.monotonic() - began:.0f}s, in all {time.monotonic() - run_began:.0f}s"
     )
     print()
     print(rendered)
+    print()
+    print(
+        f"Ratios are {SUBJECT}/peer: above 1 means more for amqpworker (better for rates, "
+        "worse for latency, CPU and memory). [threads]/[asyncio]: one worker process; "
+        "[threads x2]: two; raw's single consumer is repeated on the one-process rows."
+    )
+    notes = [
+        f"{system.name}: {note}" for system in systems for note in getattr(system, "notes", ())
+    ]
+    for note in notes:
+        print(f"- {note}")
     found = ratios(medians)
-    if "amqpworker" in found:
-        wanted = [
-            key
-            for key in found["amqpworker"]
-            if base_metric(key)[0] in ("drain_rate", "rt_p50_ms", "rt_p99_ms")
-        ]
-        print()
-        print("amqpworker/raw (drain: share of raw throughput; round trip: times raw latency):")
-        for key in wanted:
-            print(f"  {key}: {found['amqpworker'][key]:.2f}x")
+    targets = evaluate_targets(medians)
+    rendered_targets = render_targets(targets)
+    print()
+    print("Targets of the issue (verdict on the threads pool):")
+    print()
+    print(rendered_targets)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench.run",
@@ -217,20 +324,35 @@ def main() -> int:
         "host": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            "broker_on_this_machine": broker_local,
             "load_before": load_before,
             "load_after": load_after,
+            "load1_before_each_system": loads,
+            "seconds_measuring": round(time.monotonic() - began),
+            "seconds_in_all": round(time.monotonic() - run_began),
         },
-        "versions": _versions(),
+        "versions": _versions(names),
         "source": _source(),
-        "systems": {name: {"median": medians[name], "repeats": repeats[name]} for name in names},
-        "ratios_vs_raw": found,
+        "systems": {
+            system.name: {
+                "description": system.description,
+                "median": medians[system.name],
+                "repeats": repeats[system.name],
+            }
+            for system in systems
+        },
+        "ratios_amqpworker_over": found,
+        "targets": targets,
+        "notes": notes,
         "table_markdown": rendered,
+        "targets_markdown": rendered_targets,
     }
-    path = RESULTS / "latest.json"
+    path = Path(os.environ.get("BENCH_OUTPUT") or RESULTS / "latest.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(path)
-    print(f"\nwrote {path.relative_to(RESULTS.parent.parent)}")
+    print(f"\nwrote {path}")
     return 0
 
 

@@ -12,6 +12,11 @@ Per repeat and per pool (threads, asyncio), on a fresh queue and with no worker 
 3. round trip: against that same (now idle) worker, R sequential
    ``add.delay(1, 2).get(timeout=...)`` calls after a warm-up; p50 and p99.
 4. SIGTERM the worker and delete the queue and its ``.dlq``.
+
+Then once more, on a fresh queue: the N no-ops in one ``app.send_many(...)`` call
+(``enqueue_bulk_rate``), drained by TWO ``amqpworker serve --pool threads`` processes
+(``drain_rate[threads x2]``), timed from the moment both consume (see
+``drained_rate`` in bench/common.py); RSS and CPU are the two processes' sum.
 """
 
 from __future__ import annotations
@@ -27,18 +32,27 @@ import tempfile
 import time
 from pathlib import Path
 
+from amqpworker.delay import landing_queue
+
 from ..common import (
     BenchError,
     Config,
     Watchdog,
+    broker_cpu_seconds,
+    check_filled,
     cpu_seconds,
     delete_queues,
+    drained_rate,
     log_tail,
     new_queue,
     percentile,
+    remember_queues,
     rss_kib,
     start_process,
     stop_process,
+    tree_cpu_seconds,
+    tree_rss_kib,
+    wait_consumers,
     wait_for_file,
 )
 
@@ -47,17 +61,30 @@ STOPPED_LINE = re.compile(r"\bstopped\b.*")
 COUNTER = re.compile(r"\b(received|succeeded|failed|dead_lettered|requeued)=(\d+)")
 
 
-def _check_counts(log: Path, expected: int) -> None:
-    """The worker's last log line counts what it did: every task must have succeeded once."""
-    lines = STOPPED_LINE.findall(log.read_text(errors="replace"))
-    if not lines:
-        print(f"warning: no 'stopped' line in {log}; task counts not checked", file=sys.stderr)
-        return
-    counts = {key: int(value) for key, value in COUNTER.findall(lines[-1])}
+def _new_queue(config: Config, label: str) -> str:
+    """A fresh queue; the landing queue ``amqpworker serve`` declares for it (the last hop
+    of a delay, see amqpworker/delay.py) is deleted with it."""
+    queue = new_queue(config, label)
+    remember_queues(landing_queue("", queue))
+    return queue
+
+
+def _check_counts(logs: list[Path], expected: int) -> None:
+    """Each worker's last log line counts what it did: every task must have succeeded once
+    (summed over the workers)."""
+    counts: dict[str, int] = {}
+    for log in logs:
+        lines = STOPPED_LINE.findall(log.read_text(errors="replace"))
+        if not lines:
+            print(f"warning: no 'stopped' line in {log}; task counts not checked", file=sys.stderr)
+            return
+        for key, value in COUNTER.findall(lines[-1]):
+            counts[key] = counts.get(key, 0) + int(value)
     wanted = {"received": expected, "succeeded": expected, "failed": 0, "dead_lettered": 0}
     wrong = {key: counts.get(key) for key, value in wanted.items() if counts.get(key) != value}
     if wrong:
-        raise BenchError(f"worker counts {counts} differ from {wanted}\n{log_tail(log)}")
+        tails = "\n".join(log_tail(log) for log in logs)
+        raise BenchError(f"worker counts {counts} differ from {wanted}\n{tails}")
 
 
 class AmqpWorkerSystem:
@@ -87,7 +114,7 @@ class AmqpWorkerSystem:
         self.app.conf.broker_url = [config.url]
         metrics: dict[str, float] = {}
         for index, pool in enumerate(config.pools):
-            queue = new_queue(config, f"aw-{pool}")
+            queue = _new_queue(config, f"aw-{pool}")
             start_file = self.tmp / f"{queue}.start"
             end_file = self.tmp / f"{queue}.end"
             try:
@@ -112,7 +139,26 @@ class AmqpWorkerSystem:
                         self._drain_and_round_trip(config, queue, pool, start_file, end_file)
                     )
             finally:
-                delete_queues(config.url, [queue])
+                delete_queues(config.url, [queue, landing_queue("", queue)])
+        queue = _new_queue(config, "aw-threadsx2")
+        start_file = self.tmp / f"{queue}.start"
+        end_file = self.tmp / f"{queue}.end"
+        try:
+            with watchdog.step(f"amqpworker: send_many of {config.n}", config.step_timeout):
+                metrics["enqueue_bulk_rate"] = self._fill_bulk(
+                    queue, config.n, start_file, end_file
+                )
+            with watchdog.step("amqpworker: drain (threads x2)", 3 * config.step_timeout):
+                metrics.update(self._drain_two(config, queue, start_file, end_file))
+        finally:
+            delete_queues(config.url, [queue, landing_queue("", queue)])
+        queue = _new_queue(config, "aw-group")
+        try:
+            with watchdog.step(f"amqpworker: group of {config.n}", config.step_timeout):
+                metrics["enqueue_group_rate"] = self._fill_group(queue, config.n)
+                check_filled(config.url, queue, config.n + 1, "amqpworker group")
+        finally:
+            delete_queues(config.url, [queue, landing_queue("", queue)])
         return metrics
 
     # Filling the queue.
@@ -126,6 +172,28 @@ class AmqpWorkerSystem:
             noop.delay()
         elapsed = time.perf_counter() - began
         mark.delay(str(end_file))
+        return n / elapsed
+
+    def _fill_bulk(self, queue: str, n: int, start_file: Path, end_file: Path) -> float:
+        noop, mark = self.module.noop, self.module.mark
+        self.app.conf.task_default_queue = queue
+        mark.delay(str(start_file))
+        began = time.perf_counter()
+        self.app.send_many([(noop, ())] * n)
+        elapsed = time.perf_counter() - began
+        mark.delay(str(end_file))
+        return n / elapsed
+
+    def _fill_group(self, queue: str, n: int) -> float:
+        """``group(noop.s() x N).apply_async()``: informational (not drained)."""
+        from amqpworker import group
+
+        noop = self.module.noop
+        self.app.conf.task_default_queue = queue
+        noop.delay()  # opens the connection and declares the queue, untimed
+        began = time.perf_counter()
+        group(noop.s() for _ in range(n)).apply_async()
+        elapsed = time.perf_counter() - began
         return n / elapsed
 
     def _fill_async(
@@ -154,10 +222,7 @@ class AmqpWorkerSystem:
 
     # The worker.
 
-    def _drain_and_round_trip(
-        self, config: Config, queue: str, pool: str, start_file: Path, end_file: Path
-    ) -> dict[str, float]:
-        log = self.tmp / f"{queue}.log"
+    def _serve(self, config: Config, queue: str, pool: str, log: Path) -> subprocess.Popen[bytes]:
         args = [
             *self.command, "serve",
             "-A", "bench.apps.amqpworker_app",
@@ -167,20 +232,66 @@ class AmqpWorkerSystem:
             "--pool", pool,
         ]  # fmt: skip
         env = {**os.environ, "BENCH_URL": config.url}
-        proc = start_process(args, log, env=env)
+        return start_process(args, log, env=env)
+
+    def _drain_two(
+        self, config: Config, queue: str, start_file: Path, end_file: Path
+    ) -> dict[str, float]:
+        variant = "threads x2"
+        logs = [self.tmp / f"{queue}.{index}.log" for index in (1, 2)]
+        procs = [self._serve(config, queue, "threads", log) for log in logs]
+        pids = [proc.pid for proc in procs]
+        metrics: dict[str, float] = {}
+        what = f"amqpworker {variant} drain of {config.n}"
+        try:
+            t0, ready = wait_consumers(config.url, queue, 2, config.step_timeout, procs)
+            cpu_start, broker_start = tree_cpu_seconds(pids), broker_cpu_seconds()
+            start = float(wait_for_file(start_file, config.step_timeout, procs[0], logs[0], what))
+            end = float(wait_for_file(end_file, config.step_timeout, procs[0], logs[0], what))
+            cpu_end, broker_end = tree_cpu_seconds(pids), broker_cpu_seconds()
+            if end <= start:
+                raise BenchError(f"{what}: end marker {end} is not after start {start}")
+            rate, since = drained_rate(config, t0, ready, start, end, what)
+            metrics[f"drain_rate[{variant}]"] = rate
+            metrics[f"cpu_us_per_msg[{variant}]"] = (
+                1e6 * (cpu_end - cpu_start) / (rate * (end - since))
+            )
+            metrics[f"cpu_pct[{variant}]"] = 100 * (cpu_end - cpu_start) / (end - since)
+            if broker_start is not None and broker_end is not None:
+                metrics[f"broker_cpu_us_per_msg[{variant}]"] = (
+                    1e6 * (broker_end - broker_start) / (rate * (end - since))
+                )
+            metrics[f"rss_mb[{variant}]"] = tree_rss_kib(pids) / 1024
+        finally:
+            codes = [stop_process(proc) for proc in procs]
+        for code, log in zip(codes, logs, strict=True):
+            if code != 0:
+                print(f"warning: worker exited with {code}\n{log_tail(log)}", file=sys.stderr)
+        _check_counts(logs, config.n + 2)
+        return metrics
+
+    def _drain_and_round_trip(
+        self, config: Config, queue: str, pool: str, start_file: Path, end_file: Path
+    ) -> dict[str, float]:
+        log = self.tmp / f"{queue}.log"
+        proc = self._serve(config, queue, pool, log)
         profiler = self._start_profiler(proc.pid, pool, queue)
         metrics: dict[str, float] = {}
         try:
             what = f"amqpworker {pool} drain of {config.n}"
             start = float(wait_for_file(start_file, config.step_timeout, proc, log, what))
-            cpu_start = cpu_seconds(proc.pid)
+            cpu_start, broker_start = cpu_seconds(proc.pid), broker_cpu_seconds()
             end = float(wait_for_file(end_file, config.step_timeout, proc, log, what))
-            cpu_end = cpu_seconds(proc.pid)
+            cpu_end, broker_end = cpu_seconds(proc.pid), broker_cpu_seconds()
             if end <= start:
                 raise BenchError(f"{what}: end marker {end} is not after start {start}")
             metrics[f"drain_rate[{pool}]"] = config.n / (end - start)
             metrics[f"cpu_us_per_msg[{pool}]"] = 1e6 * (cpu_end - cpu_start) / config.n
             metrics[f"cpu_pct[{pool}]"] = 100 * (cpu_end - cpu_start) / (end - start)
+            if broker_start is not None and broker_end is not None:
+                metrics[f"broker_cpu_us_per_msg[{pool}]"] = (
+                    1e6 * (broker_end - broker_start) / config.n
+                )
             rss, _peak = rss_kib(proc.pid)
             metrics[f"rss_mb[{pool}]"] = rss / 1024
             latencies = self._round_trips(config, queue, proc, log)
@@ -191,7 +302,7 @@ class AmqpWorkerSystem:
             self._stop_profiler(profiler)
         if code != 0:
             print(f"warning: worker exited with {code}\n{log_tail(log)}", file=sys.stderr)
-        _check_counts(log, config.n + 2 + config.warmup + config.rt)
+        _check_counts([log], config.n + 2 + config.warmup + config.rt)
         return metrics
 
     def _round_trips(

@@ -33,6 +33,7 @@ from ..common import (
     BenchError,
     Config,
     Watchdog,
+    broker_cpu_seconds,
     delete_queues,
     new_queue,
     percentile,
@@ -73,6 +74,7 @@ class RawSystem:
     def __init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-raw-"))
         self.cpu_pct = self.cpu_us_per_msg = 0.0
+        self.broker_us_per_msg: float | None = None
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -91,6 +93,8 @@ class RawSystem:
                 metrics["drain_rate"] = _run(self._consume(config, filled, timeout), timeout)
                 metrics["cpu_us_per_msg"] = self.cpu_us_per_msg
                 metrics["cpu_pct"] = self.cpu_pct
+                if self.broker_us_per_msg is not None:
+                    metrics["broker_cpu_us_per_msg"] = self.broker_us_per_msg
             with watchdog.step("raw: publish without confirms", timeout + 10):
                 metrics["enqueue_noconfirm_rate"] = _run(
                     self._publish(config, scratch, confirms=False), timeout
@@ -142,18 +146,22 @@ class RawSystem:
             done = asyncio.Event()
             first: float | None = None
             last = cpu_first = cpu_last = 0.0
+            broker_first: float | None = None
+            broker_last: float | None = None
             count = 0
 
             async def on_message(message: AbstractIncomingMessage) -> None:
-                nonlocal first, last, count, cpu_first, cpu_last
+                nonlocal first, last, count, cpu_first, cpu_last, broker_first, broker_last
                 if first is None:
                     first = time.perf_counter()
                     cpu_first = time.process_time()
+                    broker_first = broker_cpu_seconds()
                 await message.ack()
                 count += 1
                 if count == config.n:
                     last = time.perf_counter()
                     cpu_last = time.process_time()
+                    broker_last = broker_cpu_seconds()
                     done.set()
 
             tag = await source.consume(on_message)
@@ -162,6 +170,11 @@ class RawSystem:
             assert first is not None
             self.cpu_pct = 100 * (cpu_last - cpu_first) / (last - first)
             self.cpu_us_per_msg = 1e6 * (cpu_last - cpu_first) / (config.n - 1)
+            self.broker_us_per_msg = (
+                None
+                if broker_first is None or broker_last is None
+                else 1e6 * (broker_last - broker_first) / (config.n - 1)
+            )
             return (config.n - 1) / (last - first)
         finally:
             await connection.close()

@@ -98,11 +98,11 @@ class Client:
         Declares what they need on the way: missing queues, the delay levels.
         """
         if self.conf.task_create_missing_queues:
-            topology = self.topology()
             for queue in {dest.queue for _, dest, _ in messages if dest.queue}:
-                await self.broker.ensure_work_queue(
-                    topology.queue(queue), self.conf.task_queue_max_priority
-                )
+                if not self.broker.has_declared(queue):  # a spec is a model: only when needed
+                    await self.broker.ensure_work_queue(
+                        self.topology().queue(queue), self.conf.task_queue_max_priority
+                    )
         now = dt.datetime.now(dt.timezone.utc)
         outgoing = []
         for message, dest, serializer in messages:

@@ -14,6 +14,7 @@ back is a delivery from the old channel, which :meth:`Delivery.ack` reports as
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -59,10 +60,63 @@ Outgoing = tuple[Envelope, str, str]
 """An envelope with the exchange and routing key to publish it to."""
 
 
+class AckBatcher:
+    """Acks for one channel, coalesced: one ``basic.ack(multiple=True)`` per loop turn.
+
+    Each ack frame is a socket write of its own, the largest cost of a worker running
+    short tasks. Acks asked for during one turn of the event loop go out together: one
+    ``multiple`` ack up to the highest tag below which every delivery is settled, and
+    single acks for tags past a gap (an earlier task still running), so a long task never
+    holds back the acks, and the prefetch credit, of the tasks after it.
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self._unsettled: set[int] = set()
+        self._to_ack: list[int] = []
+        self._scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def delivered(self, tag: int) -> None:
+        self._unsettled.add(tag)
+
+    def settled_elsewhere(self, tag: int) -> None:
+        """A reject or a direct ack: no longer ours to ack."""
+        self._unsettled.discard(tag)
+
+    def ack(self, tag: int) -> None:
+        if self.channel.is_closed:
+            raise DeliveryLost("channel closed before the ack; it will be redelivered")
+        self._unsettled.discard(tag)
+        self._to_ack.append(tag)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        tags, self._to_ack = sorted(self._to_ack), []
+        lowest_unsettled = min(self._unsettled, default=None)
+        below = [t for t in tags if lowest_unsettled is None or t < lowest_unsettled]
+        frames = [(below[-1], True)] if below else []
+        frames += [(t, False) for t in tags[len(below) :]]
+        task = asyncio.get_running_loop().create_task(self._send(frames))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, frames: list[tuple[int, bool]]) -> None:
+        try:
+            for tag, multiple in frames:
+                await self.channel.basic_ack(delivery_tag=tag, multiple=multiple, wait=False)
+        except CHANNEL_GONE:
+            log.warning("acks not sent: the channel closed; the broker redelivers them")
+
+
 class Delivery:
     """A message handed to a consumer, with ack/reject bound to the channel that delivered it."""
 
     __slots__ = (
+        "_batcher",
         "_message",
         "_prefetch",
         "_settled",
@@ -73,8 +127,17 @@ class Delivery:
         "routing_key",
     )
 
-    def __init__(self, message: AbstractIncomingMessage, queue: str, prefetch: int = 0) -> None:
+    def __init__(
+        self,
+        message: AbstractIncomingMessage,
+        queue: str,
+        prefetch: int = 0,
+        batcher: AckBatcher | None = None,
+    ) -> None:
         self._message = message
+        self._batcher = batcher
+        if batcher is not None and message.delivery_tag is not None:
+            batcher.delivered(message.delivery_tag)
         self._prefetch = prefetch
         self._settled = False
         self.queue = queue
@@ -100,11 +163,15 @@ class Delivery:
         if self._settled:
             return
         self._settled = True
+        tag = self._message.delivery_tag or 0
+        if self._batcher is not None:
+            # Sent with the other acks of this loop turn; an ack that never leaves this
+            # process means a redelivery, which at-least-once allows.
+            self._batcher.ack(tag)
+            return
         try:
-            # No wait for the frame to drain: an ack that never leaves this process means
-            # a redelivery, which at-least-once allows (ack_for_sure is for when it must).
             channel = self._message.channel
-            await channel.basic_ack(delivery_tag=self._message.delivery_tag or 0, wait=False)
+            await channel.basic_ack(delivery_tag=tag, wait=False)
         except CHANNEL_GONE as exc:
             raise DeliveryLost("channel closed before the ack; it will be redelivered") from exc
 
@@ -117,9 +184,15 @@ class Delivery:
         before it, so its reply proves the ack landed. ``basic.qos`` with the channel's
         own prefetch changes nothing.
         """
-        await self.ack()
+        if self._settled:
+            return
+        self._settled = True
+        if self._batcher is not None:
+            self._batcher.settled_elsewhere(self._message.delivery_tag or 0)
         try:
-            await self._message.channel.basic_qos(prefetch_count=self._prefetch)
+            channel = self._message.channel
+            await channel.basic_ack(delivery_tag=self._message.delivery_tag or 0)
+            await channel.basic_qos(prefetch_count=self._prefetch)
         except CHANNEL_GONE as exc:
             raise DeliveryLost("channel closed right after the ack") from exc
 
@@ -127,6 +200,8 @@ class Delivery:
         if self._settled:
             return
         self._settled = True
+        if self._batcher is not None:
+            self._batcher.settled_elsewhere(self._message.delivery_tag or 0)
         try:
             await self._message.reject(requeue=requeue)
         except CHANNEL_GONE as exc:
@@ -327,6 +402,9 @@ class Broker:
             )
             raise TopologyMismatch(differences or [str(exc)]) from None
 
+    def has_declared(self, queue: str) -> bool:
+        return queue in self._declared
+
     async def ensure_work_queue(self, spec: QueueSpec, default_max_priority: int | None) -> None:
         """Declare a work queue once per connection (publishers create missing queues)."""
         if spec.name not in self._declared:
@@ -422,9 +500,19 @@ class Broker:
         """
         channel = await self.channel(prefetch=prefetch)
         declared = await channel.get_queue(queue, ensure=True)
+        batchers: weakref.WeakKeyDictionary[aiormq.abc.AbstractChannel, AckBatcher] = (
+            weakref.WeakKeyDictionary()
+        )
 
         async def deliver(message: AbstractIncomingMessage) -> None:
-            await on_delivery(Delivery(message, queue, prefetch))
+            try:
+                underlay = message.channel  # a reconnect brings a new one, with new tags
+            except aiormq.exceptions.ChannelInvalidStateError:
+                return  # closed as it arrived: the broker delivers it again
+            batcher = batchers.get(underlay)
+            if batcher is None:
+                batcher = batchers[underlay] = AckBatcher(underlay)
+            await on_delivery(Delivery(message, queue, prefetch, batcher))
 
         tag = await declared.consume(deliver, no_ack=False)
         return Consumer(declared, tag)

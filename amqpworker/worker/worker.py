@@ -29,7 +29,6 @@ import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,6 +42,7 @@ from ..log import bound, get_logger, hide_password
 from ..wire import ResultMessage, TaskMessage
 from ..wire.results import FAILURE, RETRY, REVOKED, STARTED, exception_to_data, now_iso
 from .execution import Outcome, run_async, run_sync
+from .pool import TaskThreads
 from .settle import Settler
 from .workflow import JOIN_TASK, Workflow
 
@@ -108,7 +108,7 @@ class Worker:
         self._settling: set[asyncio.Future[bool]] = set()
         self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._in_flight: set[tuple[str, int]] = set()
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: TaskThreads | None = None
         self._client: Client | None = None
         self._workflow: Workflow | None = None
         self._settle: Settler
@@ -165,7 +165,7 @@ class Worker:
         if install_signals:
             self.install_signal_handlers()
         if self.pool == "threads":
-            self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="task")
+            self._threads = TaskThreads(self._loop, self.concurrency)
         conf = self.app.conf
         self._client = await self.app.client()
         self._workflow = Workflow(self.app, self._client)
@@ -200,8 +200,8 @@ class Worker:
         finally:
             await self._consumer.close()
             await self.app.aclose()
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._threads is not None:
+                self._threads.shutdown()
             log.info("stopped", **{k: v for k, v in vars(self.stats).items() if k != "by_task"})
 
     async def _drain(self) -> None:
@@ -458,10 +458,9 @@ class Worker:
     async def _run(self, task: Task, request: Request) -> Outcome:
         if task.is_coroutine:
             return await run_async(task, request)
-        if self._executor is None:
+        if self._threads is None:
             return run_sync(task, request)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, run_sync, task, request)
+        return await self._threads.run(run_sync, task, request)
 
     def _request(self, delivery: Delivery, message: TaskMessage) -> Request:
         request = Request(

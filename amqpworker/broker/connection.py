@@ -175,6 +175,15 @@ class Delivery:
         except CHANNEL_GONE as exc:
             raise DeliveryLost("channel closed before the ack; it will be redelivered") from exc
 
+    def _settle_directly(self) -> bool:
+        """Mark settled by a frame of its own (not batched); False if it already was."""
+        if self._settled:
+            return False
+        self._settled = True
+        if self._batcher is not None:
+            self._batcher.settled_elsewhere(self._message.delivery_tag or 0)
+        return True
+
     async def ack_for_sure(self) -> None:
         """Ack, then wait until the broker has processed it.
 
@@ -184,11 +193,8 @@ class Delivery:
         before it, so its reply proves the ack landed. ``basic.qos`` with the channel's
         own prefetch changes nothing.
         """
-        if self._settled:
+        if not self._settle_directly():
             return
-        self._settled = True
-        if self._batcher is not None:
-            self._batcher.settled_elsewhere(self._message.delivery_tag or 0)
         try:
             channel = self._message.channel
             await channel.basic_ack(delivery_tag=self._message.delivery_tag or 0)
@@ -197,11 +203,8 @@ class Delivery:
             raise DeliveryLost("channel closed right after the ack") from exc
 
     async def reject(self, requeue: bool) -> None:
-        if self._settled:
+        if not self._settle_directly():
             return
-        self._settled = True
-        if self._batcher is not None:
-            self._batcher.settled_elsewhere(self._message.delivery_tag or 0)
         try:
             await self._message.reject(requeue=requeue)
         except CHANNEL_GONE as exc:

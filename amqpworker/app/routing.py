@@ -25,6 +25,13 @@ class Layer(NamedTuple):
 NO_LAYER = Layer()
 
 
+class _LookUp:
+    """The default of resolve_destination's ``route``: ask ``task_routes``."""
+
+
+LOOK_UP = _LookUp()
+
+
 class RouteLike(Protocol):
     @property
     def queue(self) -> str | None: ...
@@ -51,14 +58,16 @@ def resolve_destination(
     task_name: str,
     call: RouteLike,
     task_options: RouteLike,
-    route: RouteLike | None = None,
+    route: RouteLike | _LookUp | None = LOOK_UP,
 ) -> Destination:
     """Merge the routing layers (call, task, the configured route) into one destination.
 
-    ``route`` is the configured route for the task; without one, ``task_routes`` is asked.
+    ``route`` is the configured route for the task (``None``: it has none); left out,
+    ``task_routes`` is asked.
     """
     layers: list[RouteLike] = [call, task_options]
-    route = route or conf.route_for(task_name)
+    if isinstance(route, _LookUp):
+        route = conf.route_for(task_name)
     if route is not None:
         layers.append(route)
 

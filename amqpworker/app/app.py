@@ -323,9 +323,9 @@ class App:
     async def client(self) -> Client:
         """This app's client on the running loop, connected on first use."""
         loop = asyncio.get_running_loop()
-        ready = self._clients.get(loop)
-        if ready is not None and ready.done() and not ready.cancelled() and not ready.exception():
-            return ready.result()  # the hot path: no lock, no shield
+        ready = _started(self._clients.get(loop))
+        if ready is not None:
+            return ready  # the hot path: no lock, no shield
         with self._clients_lock:
             for stale in [known for known in self._clients if known.is_closed()]:
                 del self._clients[stale]
@@ -357,13 +357,11 @@ class App:
         return self._portal.call(self.client())
 
     def portal_client_if_started(self) -> Client | None:
+        loop = self._portal.loop_if_started()
+        if loop is None:
+            return None
         with self._clients_lock:
-            for loop, starting in self._clients.items():
-                if loop is self._portal.loop_if_started() and starting.done():
-                    if starting.cancelled() or starting.exception() is not None:
-                        return None
-                    return starting.result()
-        return None
+            return _started(self._clients.get(loop))
 
     async def aclose(self) -> None:
         """Close this app's client on the running loop."""
@@ -388,6 +386,15 @@ def _unpack_call(
     if not isinstance(target, (Task, str)):
         raise TypeError(f"a call names a task or a task name, not {target!r}")
     return target, args or (), kwargs or {}, options or {}
+
+
+def _started(starting: asyncio.Task[Client] | None) -> Client | None:
+    """The client a finished, successful start produced; else None."""
+    if starting is None or not starting.done() or starting.cancelled():
+        return None
+    if starting.exception() is not None:
+        return None
+    return starting.result()
 
 
 def _priority(value: Any) -> int | None:

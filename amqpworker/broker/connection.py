@@ -316,10 +316,6 @@ class Broker:
             raise BrokerUnavailable("not connected; call connect() first")
         return self._connection
 
-    @property
-    def is_connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
-
     async def close(self) -> None:
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
@@ -526,7 +522,7 @@ class Broker:
         """Consume without acks (the reply queue): each message is handed over once."""
 
         async def deliver(message: AbstractIncomingMessage) -> None:
-            on_envelope(Delivery(message, queue.name).envelope)
+            on_envelope(envelope_of(message))
 
         return await queue.consume(deliver, no_ack=True)
 

@@ -558,3 +558,26 @@ class Watchdog:
         cleanup.start()
         cleanup.join(30)
         os._exit(3)
+
+
+def drain_metrics(
+    variant: str,
+    rate: float,
+    seconds: float,
+    cpu: tuple[float, float],
+    broker_cpu: tuple[float | None, float | None],
+    pids: list[int],
+) -> dict[str, float]:
+    """The drain rate, the worker's and broker's CPU over ``seconds``, and worker RSS."""
+    metrics = {
+        f"drain_rate[{variant}]": rate,
+        f"cpu_us_per_msg[{variant}]": 1e6 * (cpu[1] - cpu[0]) / (rate * seconds),
+        f"cpu_pct[{variant}]": 100 * (cpu[1] - cpu[0]) / seconds,
+        f"rss_mb[{variant}]": tree_rss_kib(pids) / 1024,
+    }
+    broker_start, broker_end = broker_cpu
+    if broker_start is not None and broker_end is not None:
+        metrics[f"broker_cpu_us_per_msg[{variant}]"] = (
+            1e6 * (broker_end - broker_start) / (rate * seconds)
+        )
+    return metrics

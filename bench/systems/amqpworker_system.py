@@ -42,6 +42,7 @@ from ..common import (
     check_filled,
     cpu_seconds,
     delete_queues,
+    drain_metrics,
     drained_rate,
     log_tail,
     new_queue,
@@ -51,7 +52,6 @@ from ..common import (
     start_process,
     stop_process,
     tree_cpu_seconds,
-    tree_rss_kib,
     wait_consumers,
     wait_for_file,
 )
@@ -252,16 +252,16 @@ class AmqpWorkerSystem:
             if end <= start:
                 raise BenchError(f"{what}: end marker {end} is not after start {start}")
             rate, since = drained_rate(config, t0, ready, start, end, what)
-            metrics[f"drain_rate[{variant}]"] = rate
-            metrics[f"cpu_us_per_msg[{variant}]"] = (
-                1e6 * (cpu_end - cpu_start) / (rate * (end - since))
-            )
-            metrics[f"cpu_pct[{variant}]"] = 100 * (cpu_end - cpu_start) / (end - since)
-            if broker_start is not None and broker_end is not None:
-                metrics[f"broker_cpu_us_per_msg[{variant}]"] = (
-                    1e6 * (broker_end - broker_start) / (rate * (end - since))
+            metrics.update(
+                drain_metrics(
+                    variant,
+                    rate,
+                    end - since,
+                    (cpu_start, cpu_end),
+                    (broker_start, broker_end),
+                    pids,
                 )
-            metrics[f"rss_mb[{variant}]"] = tree_rss_kib(pids) / 1024
+            )
         finally:
             codes = [stop_process(proc) for proc in procs]
         for code, log in zip(codes, logs, strict=True):

@@ -35,6 +35,7 @@ from ..common import (
     broker_cpu_seconds,
     check_filled,
     delete_queues,
+    drain_metrics,
     drained_rate,
     log_tail,
     new_queue,
@@ -45,7 +46,6 @@ from ..common import (
     start_process,
     stop_process,
     tree_cpu_seconds,
-    tree_rss_kib,
     wait_consumers,
     wait_for_file,
 )
@@ -166,6 +166,7 @@ class PeerSystem:
         self, config: Config, queue: str, step: Step, start_file: Path, end_file: Path
     ) -> dict[str, float]:
         variant = step.variant
+        assert variant is not None, "only drain steps are drained"
         log = self.tmp / f"{queue}.worker.log"
         command = self.worker_command(config, queue, step.processes)
         proc = start_process(command, log, env=self.env(config, queue))
@@ -190,16 +191,16 @@ class PeerSystem:
                 rate, since = drained_rate(config, t0, ready, start, end, what)
             else:
                 rate, since = config.n / (end - start), start
-            metrics[f"drain_rate[{variant}]"] = rate
-            metrics[f"cpu_us_per_msg[{variant}]"] = (
-                1e6 * (cpu_end - cpu_start) / (rate * (end - since))
-            )
-            metrics[f"cpu_pct[{variant}]"] = 100 * (cpu_end - cpu_start) / (end - since)
-            if broker_start is not None and broker_end is not None:
-                metrics[f"broker_cpu_us_per_msg[{variant}]"] = (
-                    1e6 * (broker_end - broker_start) / (rate * (end - since))
+            metrics.update(
+                drain_metrics(
+                    variant,
+                    rate,
+                    end - since,
+                    (cpu_start, cpu_end),
+                    (broker_start, broker_end),
+                    [proc.pid],
                 )
-            metrics[f"rss_mb[{variant}]"] = tree_rss_kib([proc.pid]) / 1024
+            )
             if step.round_trips:
                 result = self.run_driver(
                     config,

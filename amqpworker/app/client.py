@@ -68,7 +68,7 @@ class Client:
             if self._reply_to is None:
                 name = self._reply_prefix + uuid.uuid4().hex
                 queue = await self.broker.declare_reply_queue(name)
-                await self.broker.consume_no_ack(queue, self._on_reply)
+                await self.broker.consume_no_ack(queue.name, self._on_reply)
                 self._reply_to = name
         return self._reply_to
 

@@ -19,7 +19,8 @@ from ..exceptions import ImproperlyConfigured
 from ..topology import DLQ_SUFFIX, Topology
 from ..wire.deadletter import DeadLetter, fresh_headers
 from . import declare
-from .connection import Broker, envelope_of, to_amqp
+from .connection import Broker, to_amqp
+from .consumer import envelope_of
 
 
 @dataclass(frozen=True, slots=True)

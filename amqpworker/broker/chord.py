@@ -35,7 +35,8 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from ..wire import Envelope
-from .connection import Broker, Outgoing, envelope_of, to_amqp
+from .connection import Broker, Outgoing, to_amqp
+from .consumer import envelope_of
 
 PREFIX = "amqpworker.chord."
 INDEX_HEADER = "x-amqpworker-chord-index"

@@ -6,16 +6,16 @@ This is the only module family that imports aio-pika. Everything above it speaks
 Publishing always waits for the broker's confirm (bounded by a timeout) and is
 ``mandatory`` where a route could be missing, so an unroutable or refused message is an
 exception in the caller, never a silent drop. Reconnection is aio-pika's robust
-connection: channels, queues and consumers come back by themselves; what does not come
-back is a delivery from the old channel, which :meth:`Delivery.ack` reports as
-:class:`DeliveryLost` instead of acking on a different channel.
+connection: channels and queues come back by themselves, consumers are registered again
+by :class:`~.consumer.Consumer`; what does not come back is a delivery from the old
+channel, which :meth:`Delivery.ack` reports as :class:`DeliveryLost` instead of acking
+on a different channel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import aio_pika
@@ -23,16 +23,15 @@ import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aiormq.abc import DeliveredMessage
 
 from .. import delay
 from ..exceptions import (
     BrokerUnavailable,
-    DeliveryLost,
     PublishError,
     TopologyMismatch,
     UnroutableError,
@@ -41,16 +40,13 @@ from ..log import get_logger, hide_password
 from ..topology import QueueSpec, Topology
 from ..wire import Envelope
 from . import declare
+from .consumer import AckBatcher, Consumer, Delivery, envelope_from
 from .declare import declare_queue
 
 log = get_logger(__name__)
 
-#: What a settle call raises when the channel or the whole connection went away.
-CHANNEL_GONE = (
-    aiormq.exceptions.ChannelInvalidStateError,
-    aiormq.exceptions.AMQPConnectionError,
-    ConnectionError,
-)
+#: What publishing raises when the channel or the connection closed under it.
+PUBLISHER_GONE = (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPConnectionError)
 #: Channel numbers for short-lived probe channels (see Broker._probe_number).
 PROBE_CHANNELS = (30000, 65000)
 #: Seconds between reconnection attempts; short, because a worker without a broker idles.
@@ -58,173 +54,6 @@ RECONNECT_INTERVAL = 1.0
 
 Outgoing = tuple[Envelope, str, str]
 """An envelope with the exchange and routing key to publish it to."""
-
-
-class AckBatcher:
-    """Acks for one channel, coalesced: one ``basic.ack(multiple=True)`` per loop turn.
-
-    Each ack frame is a socket write of its own, the largest cost of a worker running
-    short tasks. Acks asked for during one turn of the event loop go out together: one
-    ``multiple`` ack up to the highest tag below which every delivery is settled, and
-    single acks for tags past a gap (an earlier task still running), so a long task never
-    holds back the acks, and the prefetch credit, of the tasks after it.
-    """
-
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
-        self.channel = channel
-        self._unsettled: set[int] = set()
-        self._to_ack: list[int] = []
-        self._scheduled = False
-        self._sending: set[asyncio.Task[None]] = set()
-
-    def delivered(self, tag: int) -> None:
-        self._unsettled.add(tag)
-
-    def settled_elsewhere(self, tag: int) -> None:
-        """A reject or a direct ack: no longer ours to ack."""
-        self._unsettled.discard(tag)
-
-    def ack(self, tag: int) -> None:
-        if self.channel.is_closed:
-            raise DeliveryLost("channel closed before the ack; it will be redelivered")
-        self._unsettled.discard(tag)
-        self._to_ack.append(tag)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        tags, self._to_ack = sorted(self._to_ack), []
-        lowest_unsettled = min(self._unsettled, default=None)
-        below = [t for t in tags if lowest_unsettled is None or t < lowest_unsettled]
-        frames = [(below[-1], True)] if below else []
-        frames += [(t, False) for t in tags[len(below) :]]
-        task = asyncio.get_running_loop().create_task(self._send(frames))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, frames: list[tuple[int, bool]]) -> None:
-        try:
-            for tag, multiple in frames:
-                await self.channel.basic_ack(delivery_tag=tag, multiple=multiple, wait=False)
-        except CHANNEL_GONE:
-            log.warning("acks not sent: the channel closed; the broker redelivers them")
-
-
-class Delivery:
-    """A message handed to a consumer, with ack/reject bound to the channel that delivered it."""
-
-    __slots__ = (
-        "_batcher",
-        "_message",
-        "_prefetch",
-        "_settled",
-        "envelope",
-        "exchange",
-        "queue",
-        "redelivered",
-        "routing_key",
-    )
-
-    def __init__(
-        self,
-        message: AbstractIncomingMessage,
-        queue: str,
-        prefetch: int = 0,
-        batcher: AckBatcher | None = None,
-    ) -> None:
-        self._message = message
-        self._batcher = batcher
-        if batcher is not None and message.delivery_tag is not None:
-            batcher.delivered(message.delivery_tag)
-        self._prefetch = prefetch
-        self._settled = False
-        self.queue = queue
-        self.exchange = message.exchange or ""
-        self.routing_key = message.routing_key or ""
-        self.redelivered = bool(message.redelivered)
-        self.envelope = envelope_of(message)
-
-    @property
-    def stale(self) -> bool:
-        """True when the channel that delivered it has closed.
-
-        The broker has then taken the message back and will deliver it again, so
-        running it now would run it twice.
-        """
-        try:
-            return self._message.channel.is_closed
-        except aiormq.exceptions.ChannelInvalidStateError:
-            return True
-
-    async def ack(self) -> None:
-        """Acknowledge once; later acks and rejects of a settled delivery do nothing."""
-        if self._settled:
-            return
-        self._settled = True
-        tag = self._message.delivery_tag or 0
-        if self._batcher is not None:
-            # Sent with the other acks of this loop turn; an ack that never leaves this
-            # process means a redelivery, which at-least-once allows.
-            self._batcher.ack(tag)
-            return
-        try:
-            channel = self._message.channel
-            await channel.basic_ack(delivery_tag=tag, wait=False)
-        except CHANNEL_GONE as exc:
-            raise DeliveryLost("channel closed before the ack; it will be redelivered") from exc
-
-    def _settle_directly(self) -> bool:
-        """Mark settled by a frame of its own (not batched); False if it already was."""
-        if self._settled:
-            return False
-        self._settled = True
-        if self._batcher is not None:
-            self._batcher.settled_elsewhere(self._message.delivery_tag or 0)
-        return True
-
-    async def ack_for_sure(self) -> None:
-        """Ack, then wait until the broker has processed it.
-
-        An ack written to the socket can still be lost if the process dies right after
-        (the kernel may reset the connection and drop unsent data). A synchronous method
-        on the same channel is answered only after the broker processed everything sent
-        before it, so its reply proves the ack landed. ``basic.qos`` with the channel's
-        own prefetch changes nothing.
-        """
-        if not self._settle_directly():
-            return
-        try:
-            channel = self._message.channel
-            await channel.basic_ack(delivery_tag=self._message.delivery_tag or 0)
-            await channel.basic_qos(prefetch_count=self._prefetch)
-        except CHANNEL_GONE as exc:
-            raise DeliveryLost("channel closed right after the ack") from exc
-
-    async def reject(self, requeue: bool) -> None:
-        if not self._settle_directly():
-            return
-        try:
-            await self._message.reject(requeue=requeue)
-        except CHANNEL_GONE as exc:
-            raise DeliveryLost("channel closed before the reject") from exc
-
-
-def envelope_of(message: AbstractIncomingMessage) -> Envelope:
-    """A delivered message as data."""
-    return Envelope(
-        body=message.body,
-        headers=dict(message.headers or {}),
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        priority=message.priority,
-        type=message.type,
-        persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
-    )
 
 
 def to_amqp(envelope: Envelope) -> aio_pika.Message:
@@ -245,17 +74,6 @@ def to_amqp(envelope: Envelope) -> aio_pika.Message:
             else aio_pika.DeliveryMode.NOT_PERSISTENT
         ),
     )
-
-
-class Consumer:
-    """A running consumer; :meth:`cancel` stops new deliveries."""
-
-    def __init__(self, queue: AbstractQueue, tag: str) -> None:
-        self.queue = queue
-        self.tag = tag
-
-    async def cancel(self) -> None:
-        await self.queue.cancel(self.tag)
 
 
 class Broker:
@@ -426,17 +244,23 @@ class Broker:
         """
         target = await self._exchange(exchange)
         message = to_amqp(envelope)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
         try:
-            try:
-                await target.publish(
-                    message, routing_key, mandatory=mandatory, timeout=self.publish_timeout
-                )
-            except aiormq.exceptions.ChannelInvalidStateError:
-                # The channel closed between our readiness check and the publish.
-                await self._ready_publisher()
-                await target.publish(
-                    message, routing_key, mandatory=mandatory, timeout=self.publish_timeout
-                )
+            while True:
+                try:
+                    await target.publish(
+                        message, routing_key, mandatory=mandatory, timeout=self.publish_timeout
+                    )
+                    return
+                except PUBLISHER_GONE:
+                    # The channel or connection closed before the confirm: publish again
+                    # once aio-pika has it back (at least once: the broker may have the
+                    # first copy). The pause lets aio-pika notice the loss first.
+                    if loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+                    await self._ready_publisher()
         except aiormq.exceptions.PublishError as exc:
             raise UnroutableError(
                 f"no queue is bound for exchange {exchange or '(default)'!r} "
@@ -451,9 +275,9 @@ class Broker:
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             self._exchanges.pop(exchange, None)
             raise PublishError(f"exchange {exchange!r} does not exist on the broker") from exc
-        except aiormq.exceptions.ChannelInvalidStateError as exc:
+        except PUBLISHER_GONE as exc:
             raise PublishError(
-                f"the channel did not come back within {self.publish_timeout}s"
+                f"the connection did not come back within {self.publish_timeout}s"
             ) from exc
 
     async def delayed_target(
@@ -490,41 +314,36 @@ class Broker:
         self,
         queue: str,
         prefetch: int,
-        on_delivery: Callable[[Delivery], Awaitable[None]],
+        on_delivery: Callable[[Delivery], None],
     ) -> Consumer:
         """Consume a declared queue with manual acks, on a channel of its own.
 
         Its own channel keeps its own QoS (``prefetch``) across reconnects, and its acks
-        go back on the channel that delivered.
+        go back on the channel that delivered. ``on_delivery`` must not block.
         """
         channel = await self.channel(prefetch=prefetch)
-        declared = await channel.get_queue(queue, ensure=True)
-        batchers: weakref.WeakKeyDictionary[aiormq.abc.AbstractChannel, AckBatcher] = (
-            weakref.WeakKeyDictionary()
-        )
+        assert isinstance(channel, AbstractRobustChannel)
+        batcher: AckBatcher | None = None
 
-        async def deliver(message: AbstractIncomingMessage) -> None:
-            try:
-                underlay = message.channel  # a reconnect brings a new one, with new tags
-            except aiormq.exceptions.ChannelInvalidStateError:
-                return  # closed as it arrived: the broker delivers it again
-            batcher = batchers.get(underlay)
-            if batcher is None:
-                batcher = batchers[underlay] = AckBatcher(underlay)
-            await on_delivery(Delivery(message, queue, prefetch, batcher))
+        def deliver(message: DeliveredMessage) -> None:
+            nonlocal batcher
+            if batcher is None or batcher.channel is not message.channel:
+                batcher = AckBatcher(message.channel)  # a reopened channel: new tags
+            on_delivery(Delivery(message, queue, prefetch, batcher))
 
-        tag = await declared.consume(deliver, no_ack=False)
-        return Consumer(declared, tag)
+        consumer = Consumer(channel, queue, deliver)
+        await consumer.start()
+        return consumer
 
-    async def consume_no_ack(
-        self, queue: AbstractQueue, on_envelope: Callable[[Envelope], Any]
-    ) -> str:
-        """Consume without acks (the reply queue): each message is handed over once."""
+    async def consume_no_ack(self, queue: str, on_envelope: Callable[[Envelope], Any]) -> Consumer:
+        """Consume without acks on the publishing channel (the reply queue)."""
 
-        async def deliver(message: AbstractIncomingMessage) -> None:
-            on_envelope(envelope_of(message))
+        def deliver(message: DeliveredMessage) -> None:
+            on_envelope(envelope_from(message.header.properties, message.body))
 
-        return await queue.consume(deliver, no_ack=True)
+        consumer = Consumer(await self._ready_publisher(), queue, deliver, no_ack=True)
+        await consumer.start()
+        return consumer
 
     async def _exchange(self, name: str) -> AbstractExchange:
         channel = await self._ready_publisher()

@@ -220,8 +220,9 @@ class Worker:
 
     # Deliveries.
 
-    async def _on_delivery(self, delivery: Delivery) -> None:
-        handler = asyncio.get_running_loop().create_task(self._handle(delivery))
+    def _on_delivery(self, delivery: Delivery) -> None:
+        assert self._loop is not None
+        handler = self._loop.create_task(self._handle(delivery))
         self._handlers.add(handler)
         handler.add_done_callback(self._handlers.discard)
 

@@ -7,7 +7,6 @@ option, with exit code 2, before anything connects to a broker.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import os
@@ -22,6 +21,7 @@ from .app import App
 from .broker import admin
 from .exceptions import AmqpWorkerError, ImproperlyConfigured
 from .log import configure_logging
+from .loop import LoopKind, loop_factory, run
 from .settings import Settings, load_settings
 from .topology import Topology
 from .worker import Worker
@@ -128,6 +128,12 @@ def main() -> None:
 @click.option("--log-format", type=click.Choice(["console", "json"]), help="Log line format.")
 @click.option("-n", "--hostname", help="This worker's name (default app@host).")
 @click.option("--routing", type=click.Path(dir_okay=False), help="Routing YAML file.")
+@click.option(
+    "--loop",
+    "event_loop",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    help="Event loop (default: the event_loop setting; auto = uvloop where installed).",
+)
 def serve(
     app: App,
     queues: list[str] | None,
@@ -139,6 +145,7 @@ def serve(
     log_format: str | None,
     hostname: str | None,
     routing: str | None,
+    event_loop: LoopKind | None,
 ) -> None:
     """Consume queues and run tasks until SIGTERM."""
     configure_logging(
@@ -147,6 +154,9 @@ def serve(
     try:
         if routing:
             app.conf.routing_file = Path(routing)
+        if event_loop:
+            app.conf.event_loop = event_loop
+        loop_factory(app.conf.event_loop)  # uvloop asked for but missing: a usage error
         app.import_includes()
         worker = Worker(
             app,
@@ -161,7 +171,7 @@ def serve(
         raise click.UsageError(str(exc)) from exc
     click.echo(worker.banner(), err=True)
     try:
-        asyncio.run(worker.run(install_signals=True))
+        run(worker.run(install_signals=True), app.conf.event_loop)
     except AmqpWorkerError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -211,7 +221,7 @@ T = TypeVar("T")
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
-        return asyncio.run(coroutine)
+        return run(coroutine)
     except AmqpWorkerError as exc:
         raise click.ClickException(str(exc)) from exc
 

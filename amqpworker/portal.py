@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -21,8 +21,13 @@ T = TypeVar("T")
 class Portal:
     """A lazily started event loop on a daemon thread."""
 
-    def __init__(self, name: str = "amqpworker-portal") -> None:
+    def __init__(
+        self,
+        name: str = "amqpworker-portal",
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+    ) -> None:
         self._name = name
+        self._loop_factory = loop_factory
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -33,7 +38,7 @@ class Portal:
         with self._lock:
             if self._loop is None or self._loop.is_closed():
                 ready = threading.Event()
-                loop = asyncio.new_event_loop()
+                loop = self._loop_factory()
 
                 def run() -> None:
                     asyncio.set_event_loop(loop)

@@ -93,6 +93,8 @@ class Settings(BaseSettings):
         default_factory=lambda: os.cpu_count() or 1
     )
     worker_pool: Literal["threads", "asyncio"] = "threads"
+    #: The loop amqpworker runs its own loops on (worker, CLI, the sync API's thread).
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     worker_prefetch_multiplier: Annotated[int, Field(ge=1)] = 4
     worker_max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
     worker_max_memory_per_child: Annotated[int, Field(ge=1)] | None = None

@@ -23,6 +23,7 @@ from typing import Any, TypeVar, overload
 from zoneinfo import ZoneInfo
 
 from ..exceptions import DuplicateTaskError, ImproperlyConfigured
+from ..loop import loop_factory
 from ..portal import Portal
 from ..settings import Route, Settings, load_settings
 from ..topology import Topology
@@ -83,7 +84,9 @@ class App:
         #: amqpworker's own tasks (map, starmap), kept out of the user's registry.
         self.builtin_tasks: dict[str, Task] = {}
         self.serializers = default_serializers()
-        self._portal = Portal(f"amqpworker-{main or 'app'}")
+        self._portal = Portal(
+            f"amqpworker-{main or 'app'}", lambda: loop_factory(self.conf.event_loop)()
+        )
         self._clients: dict[asyncio.AbstractEventLoop, asyncio.Task[Client]] = {}
         self._clients_lock = threading.Lock()
         self._topology: tuple[Path | None, Topology] = (None, Topology())

@@ -39,6 +39,7 @@ from ..app.task import Request, Task, current_request
 from ..broker import Broker, Delivery
 from ..exceptions import MessageError, NotRegistered, TaskRevokedError
 from ..log import bound, get_logger, hide_password
+from ..loop import resolved
 from ..wire import ResultMessage, TaskMessage
 from ..wire.results import FAILURE, RETRY, REVOKED, STARTED, exception_to_data, now_iso
 from .execution import Outcome, run_async, run_sync
@@ -129,6 +130,7 @@ class Worker:
             f"  broker:      {hide_password(broker)}\n"
             f"  queues:      {queues}\n"
             f"  pool:        {self.pool} (concurrency {self.concurrency})\n"
+            f"  loop:        {resolved(self.app.conf.event_loop)}\n"
             f"[tasks]\n{tasks}"
         )
 

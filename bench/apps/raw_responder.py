@@ -18,6 +18,8 @@ from pathlib import Path
 
 import aio_pika
 
+from amqpworker.loop import run as run_on_loop
+
 from ..common import work_queue_arguments
 
 
@@ -53,4 +55,4 @@ async def serve(url: str, queue_name: str, prefetch: int, ready_file: str) -> No
 
 if __name__ == "__main__":
     url, queue_name, prefetch, ready_file = sys.argv[1:5]
-    asyncio.run(serve(url, queue_name, int(prefetch), ready_file))
+    run_on_loop(serve(url, queue_name, int(prefetch), ready_file))

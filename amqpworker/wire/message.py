@@ -219,7 +219,7 @@ class TaskMessage:
             chord=_canvas(headers, "chord", dict) or None,
             # Delivery history (x-death, our counters) stays behind: a retry or replay
             # that carried x-death could be dropped by RabbitMQ's dead-letter cycle check.
-            headers={k: v for k, v in fresh_headers(headers).items() if k not in CORE_HEADERS},
+            headers=fresh_headers({k: v for k, v in headers.items() if k not in CORE_HEADERS}),
         )
 
 

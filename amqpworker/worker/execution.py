@@ -13,7 +13,7 @@ from typing import Any
 
 from ..app.task import Request, Task, current_request
 from ..exceptions import Retry
-from ..log import bound, get_logger
+from ..log import get_logger
 from ..wire.results import FAILURE, RETRY, SUCCESS, ResultMessage, exception_to_data, now_iso
 
 log = get_logger(__name__)
@@ -42,15 +42,18 @@ class Outcome:
 
 
 def run_sync(task: Task, request: Request) -> Outcome:
-    """Run a plain-function task in the calling thread."""
+    """Run a plain-function task in the calling thread and context.
+
+    The caller's context carries the log binding (task id and name); a pool thread gets
+    a copy of it.
+    """
     token = current_request.set(request)
     try:
-        with bound(task_id=request.id, task_name=task.name):
-            try:
-                value = task.run(*request.args, **request.kwargs)
-            except Exception as exc:
-                return finish(task, request, _failed_or_retried(task, exc))
-            return finish(task, request, Outcome(SUCCESS, value))
+        try:
+            value = task.run(*request.args, **request.kwargs)
+        except Exception as exc:
+            return finish(task, request, _failed_or_retried(task, exc))
+        return finish(task, request, Outcome(SUCCESS, value))
     finally:
         current_request.reset(token)
 
@@ -59,13 +62,12 @@ async def run_async(task: Task, request: Request) -> Outcome:
     """Run a coroutine task on the running loop (in the caller's task context)."""
     token = current_request.set(request)
     try:
-        with bound(task_id=request.id, task_name=task.name):
-            try:
-                coroutine: Awaitable[Any] = task.run(*request.args, **request.kwargs)
-                value = await coroutine
-            except Exception as exc:
-                return finish(task, request, _failed_or_retried(task, exc))
-            return finish(task, request, Outcome(SUCCESS, value))
+        try:
+            coroutine: Awaitable[Any] = task.run(*request.args, **request.kwargs)
+            value = await coroutine
+        except Exception as exc:
+            return finish(task, request, _failed_or_retried(task, exc))
+        return finish(task, request, Outcome(SUCCESS, value))
     finally:
         current_request.reset(token)
 

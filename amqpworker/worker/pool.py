@@ -9,6 +9,7 @@ already pending, so a busy worker settles many completions per wake-up.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import threading
 from collections import deque
@@ -24,7 +25,8 @@ class TaskThreads:
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int, name: str = "task") -> None:
         self._loop = loop
         self._work: queue.SimpleQueue[
-            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None
+            tuple[contextvars.Context, Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
+            | None
         ] = queue.SimpleQueue()
         self._done: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
         self._wake_pending = threading.Lock()
@@ -36,9 +38,12 @@ class TaskThreads:
             thread.start()
 
     def run(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Run ``function(*args)`` in a pool thread; await the returned future on the loop."""
+        """Run ``function(*args)`` in a pool thread, in a copy of the caller's context.
+
+        Await the returned future on the loop.
+        """
         future: asyncio.Future[T] = self._loop.create_future()
-        self._work.put((function, args, future))
+        self._work.put((contextvars.copy_context(), function, args, future))
         return future
 
     def shutdown(self) -> None:
@@ -47,9 +52,13 @@ class TaskThreads:
 
     def _serve(self) -> None:
         while (item := self._work.get()) is not None:
-            function, args, future = item
+            context, function, args, future = item
             try:
-                outcome: tuple[asyncio.Future[Any], bool, Any] = (future, True, function(*args))
+                outcome: tuple[asyncio.Future[Any], bool, Any] = (
+                    future,
+                    True,
+                    context.run(function, *args),
+                )
             except BaseException as exc:  # handed to the awaiting coroutine
                 outcome = (future, False, exc)
             self._done.append(outcome)

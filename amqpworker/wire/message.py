@@ -116,12 +116,7 @@ class TaskMessage:
                 "task": self.task,
                 "id": self.id,
                 "root_id": self.root_id or self.id,
-                "parent_id": self.parent_id,
-                "group": self.group_id,
                 "retries": self.retries,
-                "eta": self.eta.isoformat() if self.eta else None,
-                "expires": self.expires.isoformat() if self.expires else None,
-                "timelimit": [self.time_limit, self.soft_time_limit],
                 "argsrepr": _short_repr(self.args),
                 "kwargsrepr": _short_repr(self.kwargs),
                 "origin": _ORIGIN,
@@ -129,8 +124,20 @@ class TaskMessage:
                 PROTOCOL_HEADER: PROTOCOL_VERSION,
             }
         )
+        # Absent rather than null: every header costs encoding on both sides, and a
+        # decoder (ours, Celery's) reads a missing one as null.
+        if self.parent_id is not None:
+            headers["parent_id"] = self.parent_id
+        if self.group_id is not None:
+            headers["group"] = self.group_id
         if self.group_index is not None:
             headers["group_index"] = self.group_index
+        if self.eta is not None:
+            headers["eta"] = self.eta.isoformat()
+        if self.expires is not None:
+            headers["expires"] = self.expires.isoformat()
+        if self.time_limit is not None or self.soft_time_limit is not None:
+            headers["timelimit"] = [self.time_limit, self.soft_time_limit]
         for name in CANVAS_HEADERS:
             value = getattr(self, name)
             if value:

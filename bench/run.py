@@ -83,7 +83,7 @@ TARGETS = (
     Target("drain, 1 process: amqpworker ~0.75x raw aio-pika consume", "drain_rate[threads]",
            "raw", "drain_rate", ">=", 0.75, also="drain_rate[asyncio]"),
     Target("drain, 2 processes: amqpworker >= Dramatiq", "drain_rate[threads x2]",
-           "dramatiq", "drain_rate[threads x2]", ">=", 1.0),
+           "dramatiq", "drain_rate[threads x2]", ">=", 1.0, also="drain_rate[asyncio x2]"),
     Target("enqueue: delay() >= Celery delay()", "enqueue_rate",
            "celery", "enqueue_rate", ">=", 1.0),
     Target("enqueue: bulk of N (send_many) >= Dramatiq send() loop", "enqueue_bulk_rate",
@@ -115,6 +115,11 @@ def evaluate_targets(medians: dict[str, dict[str, float]]) -> list[dict[str, Any
     return found
 
 
+def _met(item: dict[str, Any], ratio: float) -> bool:
+    factor = float(item["want"].split()[1].rstrip("x"))
+    return ratio >= factor if item["want"].startswith(">=") else ratio <= factor
+
+
 def render_targets(found: list[dict[str, Any]]) -> str:
     lines = [
         "| target | amqpworker metric / peer metric | want | ratio | verdict |",
@@ -122,7 +127,15 @@ def render_targets(found: list[dict[str, Any]]) -> str:
     ]
     for item in found:
         ratio = item["ratio"]
-        verdict = "not measured" if ratio is None else ("met" if item["met"] else "NOT met")
+        other = item["other_pool_ratio"]
+        if ratio is None:
+            verdict = "not measured"
+        elif item["met"]:
+            verdict = "met"
+        elif other is not None and _met(item, other):
+            verdict = f"met with the {base_metric(item['other_pool'])[1]} pool only"
+        else:
+            verdict = "NOT met"
         shown = "-" if ratio is None else f"{ratio:.2f}x"
         if item["other_pool_ratio"] is not None:
             pool = base_metric(item["other_pool"])[1]
@@ -313,7 +326,7 @@ def main() -> int:
     targets = evaluate_targets(medians)
     rendered_targets = render_targets(targets)
     print()
-    print("Targets of the issue (verdict on the threads pool):")
+    print("Targets of the issue (ratio for the threads pool, the default; the asyncio pool in brackets):")
     print()
     print(rendered_targets)
 

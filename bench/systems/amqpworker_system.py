@@ -13,10 +13,11 @@ Per repeat and per pool (threads, asyncio), on a fresh queue and with no worker 
    ``add.delay(1, 2).get(timeout=...)`` calls after a warm-up; p50 and p99.
 4. SIGTERM the worker and delete the queue and its ``.dlq``.
 
-Then once more, on a fresh queue: the N no-ops in one ``app.send_many(...)`` call
-(``enqueue_bulk_rate``), drained by TWO ``amqpworker serve --pool threads`` processes
-(``drain_rate[threads x2]``), timed from the moment both consume (see
-``drained_rate`` in bench/common.py); RSS and CPU are the two processes' sum.
+Then once more per pool, on a fresh queue: the N no-ops in one ``app.send_many(...)``
+call (``enqueue_bulk_rate``, the first pool's fill), drained by TWO ``amqpworker serve``
+processes (``drain_rate[threads x2]``, ``drain_rate[asyncio x2]``), timed from the moment
+both consume (see ``drained_rate`` in bench/common.py); RSS and CPU are the two
+processes' sum.
 """
 
 from __future__ import annotations
@@ -140,18 +141,19 @@ class AmqpWorkerSystem:
                     )
             finally:
                 delete_queues(config.url, [queue, landing_queue("", queue)])
-        queue = _new_queue(config, "aw-threadsx2")
-        start_file = self.tmp / f"{queue}.start"
-        end_file = self.tmp / f"{queue}.end"
-        try:
-            with watchdog.step(f"amqpworker: send_many of {config.n}", config.step_timeout):
-                metrics["enqueue_bulk_rate"] = self._fill_bulk(
-                    queue, config.n, start_file, end_file
-                )
-            with watchdog.step("amqpworker: drain (threads x2)", 3 * config.step_timeout):
-                metrics.update(self._drain_two(config, queue, start_file, end_file))
-        finally:
-            delete_queues(config.url, [queue, landing_queue("", queue)])
+        for index, pool in enumerate(config.pools):
+            queue = _new_queue(config, f"aw-{pool}x2")
+            start_file = self.tmp / f"{queue}.start"
+            end_file = self.tmp / f"{queue}.end"
+            try:
+                with watchdog.step(f"amqpworker: send_many of {config.n}", config.step_timeout):
+                    rate = self._fill_bulk(queue, config.n, start_file, end_file)
+                if index == 0:
+                    metrics["enqueue_bulk_rate"] = rate
+                with watchdog.step(f"amqpworker: drain ({pool} x2)", 3 * config.step_timeout):
+                    metrics.update(self._drain_two(config, queue, pool, start_file, end_file))
+            finally:
+                delete_queues(config.url, [queue, landing_queue("", queue)])
         queue = _new_queue(config, "aw-group")
         try:
             with watchdog.step(f"amqpworker: group of {config.n}", config.step_timeout):
@@ -235,11 +237,11 @@ class AmqpWorkerSystem:
         return start_process(args, log, env=env)
 
     def _drain_two(
-        self, config: Config, queue: str, start_file: Path, end_file: Path
+        self, config: Config, queue: str, pool: str, start_file: Path, end_file: Path
     ) -> dict[str, float]:
-        variant = "threads x2"
+        variant = f"{pool} x2"
         logs = [self.tmp / f"{queue}.{index}.log" for index in (1, 2)]
-        procs = [self._serve(config, queue, "threads", log) for log in logs]
+        procs = [self._serve(config, queue, pool, log) for log in logs]
         pids = [proc.pid for proc in procs]
         metrics: dict[str, float] = {}
         what = f"amqpworker {variant} drain of {config.n}"

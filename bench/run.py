@@ -326,7 +326,7 @@ def main() -> int:
     targets = evaluate_targets(medians)
     rendered_targets = render_targets(targets)
     print()
-    print("Targets of the issue (ratio for the threads pool, the default; the asyncio pool in brackets):")
+    print("Targets of the issue (threads pool, the default; the asyncio pool in brackets):")
     print()
     print(rendered_targets)
 

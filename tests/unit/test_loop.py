@@ -26,7 +26,7 @@ def test_auto_is_uvloop_where_it_is_installed() -> None:
 def test_without_uvloop_auto_falls_back_and_uvloop_is_an_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
     assert loop_factory("auto") is asyncio.new_event_loop
-    with pytest.raises(ImproperlyConfigured, match="event_loop is 'uvloop'.*not installed"):
+    with pytest.raises(ImproperlyConfigured, match=r"event_loop is 'uvloop'.*not installed"):
         loop_factory("uvloop")
 
 

@@ -22,11 +22,11 @@ import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aio_pika.message import encode_expiration
 from aiormq.abc import DeliveredMessage
 
 from .. import delay
@@ -40,7 +40,7 @@ from ..log import get_logger, hide_password
 from ..topology import QueueSpec, Topology
 from ..wire import Envelope
 from . import declare
-from .consumer import AckBatcher, Consumer, Delivery, envelope_from
+from .consumer import NOT_PERSISTENT, PERSISTENT, AckBatcher, Consumer, Delivery, envelope_from
 from .declare import declare_queue
 
 log = get_logger(__name__)
@@ -54,6 +54,21 @@ RECONNECT_INTERVAL = 1.0
 
 Outgoing = tuple[Envelope, str, str]
 """An envelope with the exchange and routing key to publish it to."""
+
+
+def properties_of(envelope: Envelope) -> aiormq.spec.Basic.Properties:
+    return aiormq.spec.Basic.Properties(
+        headers=dict(envelope.headers),
+        content_type=envelope.content_type,
+        content_encoding=envelope.content_encoding,
+        message_id=envelope.message_id,
+        correlation_id=envelope.correlation_id,
+        reply_to=envelope.reply_to,
+        priority=envelope.priority,
+        expiration=encode_expiration(envelope.expiration),
+        message_type=envelope.type,
+        delivery_mode=PERSISTENT if envelope.persistent else NOT_PERSISTENT,
+    )
 
 
 def to_amqp(envelope: Envelope) -> aio_pika.Message:
@@ -96,7 +111,7 @@ class Broker:
         self.url: str | None = None
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._exchanges: set[str] = set()  # named exchanges known to exist
         self._declared: set[str] = set()
         self._delays_declared = False
         self._landings: set[tuple[str, str]] = set()
@@ -242,15 +257,24 @@ class Broker:
             PublishError: the broker refused the message, the exchange does not exist, or
                 no confirm came within ``publish_timeout``.
         """
-        target = await self._exchange(exchange)
-        message = to_amqp(envelope)
+        properties = properties_of(envelope)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         try:
             while True:
                 try:
-                    await target.publish(
-                        message, routing_key, mandatory=mandatory, timeout=self.publish_timeout
+                    # aiormq directly: an aio-pika Message per publish costs more than
+                    # the frames it becomes.
+                    channel = await self._ready_publisher()
+                    await self._check_exchange(channel, exchange)
+                    underlay = await channel.get_underlay_channel()
+                    await underlay.basic_publish(
+                        envelope.body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=properties,
+                        mandatory=mandatory,
+                        timeout=self.publish_timeout,
                     )
                     return
                 except PUBLISHER_GONE:
@@ -273,7 +297,7 @@ class Broker:
                 f"the broker did not confirm the message within {self.publish_timeout}s"
             ) from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            self._exchanges.pop(exchange, None)
+            self._exchanges.discard(exchange)
             raise PublishError(f"exchange {exchange!r} does not exist on the broker") from exc
         except PUBLISHER_GONE as exc:
             raise PublishError(
@@ -345,20 +369,15 @@ class Broker:
         await consumer.start()
         return consumer
 
-    async def _exchange(self, name: str) -> AbstractExchange:
-        channel = await self._ready_publisher()
-        found = self._exchanges.get(name)
-        if found is not None:
-            return found
-        if name == "":
-            found = channel.default_exchange
-        else:
-            try:
-                found = await channel.get_exchange(name, ensure=True)
-            except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                raise PublishError(f"exchange {name!r} does not exist on the broker") from exc
-        self._exchanges[name] = found
-        return found
+    async def _check_exchange(self, channel: AbstractRobustChannel, name: str) -> None:
+        """Fail clearly, once per exchange, when a named exchange does not exist."""
+        if name == "" or name in self._exchanges:
+            return
+        try:
+            await channel.get_exchange(name, ensure=True)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise PublishError(f"exchange {name!r} does not exist on the broker") from exc
+        self._exchanges.add(name)
 
     async def _ready_publisher(self) -> AbstractRobustChannel:
         """The publishing channel, once open.

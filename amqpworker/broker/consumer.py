@@ -37,7 +37,7 @@ CHANNEL_GONE = (
 )
 #: Seconds before consuming again after the broker cancelled a consumer.
 CONSUME_RETRY_INTERVAL = 1.0
-PERSISTENT = 2
+PERSISTENT, NOT_PERSISTENT = 2, 1  # AMQP delivery modes
 
 
 class AckBatcher:

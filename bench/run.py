@@ -216,7 +216,7 @@ def table(medians: dict[str, dict[str, float]], names: list[str]) -> str:
 
 def _versions(names: list[str]) -> dict[str, Any]:
     versions: dict[str, Any] = {"python": platform.python_version()}
-    for package in ("amqpworker", "aio-pika", "aiormq", "pamqp"):
+    for package in ("amqpworker", "aio-pika", "aiormq", "pamqp", "uvloop"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
     if any(name not in (SUBJECT, BASELINE) for name in names):

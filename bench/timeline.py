@@ -1,6 +1,8 @@
 """Where a round trip's time goes: wall-clock stamps in the caller and in the worker.
 
-``python -m bench.timeline [POOL]`` (default asyncio): a worker process and this caller
+``python -m bench.timeline [POOL [async]]`` (default asyncio; ``async``: the calls are
+``await add.adelay(1, 2)`` and ``await result.aget()`` on the app's own loop, so the caller
+makes no thread hop): a worker process and this caller
 both wrap ``Consumer._deliver`` (a delivery reaches amqpworker) and ``Broker.publish``
 (a publish starts, and its confirm arrives) to record ``time.time()``; then R sequential
 ``add.delay(1, 2).get()`` calls, and the median of each phase. Both
@@ -80,6 +82,17 @@ def phases(calls: list[tuple[float, float]], caller: Stamps, worker: Stamps) -> 
     return {name: statistics.median(values) for name, values in found.items()}
 
 
+async def _async_calls(add: Any, count: int) -> list[tuple[float, float]]:
+    """The same calls from a coroutine on the app's loop: no thread hop in the caller."""
+    calls = []
+    for _ in range(count):
+        began = time.time()
+        result = await add.adelay(1, 2)
+        await result.aget(timeout=10)
+        calls.append((began, time.time()))
+    return calls
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--worker"]:
         _record_stamps(Path(sys.argv[2]))
@@ -88,6 +101,7 @@ def main() -> int:
         sys.argv = ["amqpworker", "serve", *sys.argv[3:]]
         return int(cli() or 0)
     pool = sys.argv[1] if len(sys.argv) > 1 else "asyncio"
+    asynchronous = sys.argv[2:3] == ["async"]
     count = int(os.environ.get("BENCH_RT", "500"))
     url = os.environ.setdefault("BENCH_URL", DEFAULT_URL)
     queue = f"bench-timeline-{uuid.uuid4().hex[:8]}"
@@ -104,15 +118,19 @@ def main() -> int:
         try:
             add.delay(1, 2).get(timeout=30)  # the worker is up
             STAMPS.clear()
-            for _ in range(count):
-                began = time.time()
-                add.delay(1, 2).get(timeout=10)
-                calls.append((began, time.time()))
+            if asynchronous:
+                calls = app.portal.call(_async_calls(add, count))
+            else:
+                for _ in range(count):
+                    began = time.time()
+                    add.delay(1, 2).get(timeout=10)
+                    calls.append((began, time.time()))
         finally:
             stop_process(worker)
             delete_queues(url, [queue, landing_queue("", queue)])
         worker_stamps = json.loads(worker_file.read_text())
-    print(f"{pool} pool, sync caller, {len(calls)} round trips; medians:")
+    caller = "asyncio caller (adelay, aget)" if asynchronous else "sync caller"
+    print(f"{pool} pool, {caller}, {len(calls)} round trips; medians:")
     for name, seconds in phases(calls, STAMPS, worker_stamps).items():
         print(f"  {seconds * 1e3:6.3f} ms  {name}")
     return 0

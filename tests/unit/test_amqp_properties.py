@@ -33,7 +33,8 @@ def test_properties_carry_the_envelope() -> None:
     assert properties.priority == 7
     assert properties.reply_to == "replies"
     # And back: what a consumer builds from the same properties is the same envelope.
-    # (The expiration is the broker's to apply; a delivered message does not carry it.)
+    # The expiration is left out: it is the broker's to apply, and a copy (a retry, a
+    # dead letter) must not inherit it.
     assert envelope_from(properties, envelope.body) == replace(envelope, expiration=None)
 
 

@@ -17,9 +17,10 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from ..exceptions import ImproperlyConfigured
 from ..topology import DLQ_SUFFIX, Topology
+from ..wire import Envelope
 from ..wire.deadletter import DeadLetter, fresh_headers
 from . import declare
-from .connection import Broker, to_amqp
+from .connection import Broker
 from .consumer import envelope_of
 
 
@@ -103,7 +104,6 @@ async def dlq_replay(
     replayed, failed = 0, []
     async with _connected(urls) as broker:
         channel = await broker.probe_channel()
-        publisher = await broker.channel()
         dlq = await _dlq(channel, queue)
         async for message in _take(dlq, limit):
             letter = DeadLetter.from_message(
@@ -112,14 +112,7 @@ async def dlq_replay(
             if wanted and letter.message_id not in wanted:
                 continue
             try:
-                exchange = (
-                    publisher.default_exchange
-                    if letter.exchange == ""
-                    else await publisher.get_exchange(letter.exchange, ensure=False)
-                )
-                await exchange.publish(
-                    _fresh_copy(message), letter.routing_key, mandatory=True, timeout=10
-                )
+                await broker.publish(_fresh_copy(message), letter.exchange, letter.routing_key)
             except Exception as exc:
                 failed.append(f"{letter.message_id}: {exc or type(exc).__name__}")
                 continue
@@ -137,6 +130,6 @@ async def dlq_purge(urls: Sequence[str], queue: str) -> int:
         return int(result.message_count or 0)
 
 
-def _fresh_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
+def _fresh_copy(message: AbstractIncomingMessage) -> Envelope:
     envelope = envelope_of(message)
-    return to_amqp(replace(envelope, headers=fresh_headers(envelope.headers), persistent=True))
+    return replace(envelope, headers=fresh_headers(envelope.headers), persistent=True)

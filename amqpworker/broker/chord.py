@@ -35,7 +35,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from ..wire import Envelope
-from .connection import Broker, Outgoing, to_amqp
+from .connection import Broker, Outgoing, properties_of
 from .consumer import envelope_of
 
 PREFIX = "amqpworker.chord."
@@ -146,16 +146,15 @@ async def _join(
     outgoing = await fire([by_index[index] for index in range(size)])
     transaction = channel.transaction()
     await transaction.select()
-    for envelope, exchange, routing_key in outgoing:
-        target = (
-            channel.default_exchange
-            if exchange == ""
-            else await channel.get_exchange(exchange, ensure=False)
+    underlay = await channel.get_underlay_channel()
+    fired = Envelope(body=b"", headers={FIRED_HEADER: True}, persistent=True)
+    for envelope, exchange, routing_key in [*outgoing, (fired, "", name)]:
+        await underlay.basic_publish(
+            envelope.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties_of(envelope),
         )
-        await target.publish(to_amqp(envelope), routing_key, mandatory=False)
-    await channel.default_exchange.publish(
-        aio_pika.Message(b"", headers={FIRED_HEADER: True}, delivery_mode=2), name
-    )
     await received[-1].ack(multiple=True)
     await transaction.commit()
     await _delete(channel, name)

@@ -71,26 +71,6 @@ def properties_of(envelope: Envelope) -> aiormq.spec.Basic.Properties:
     )
 
 
-def to_amqp(envelope: Envelope) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=envelope.body,
-        headers=dict(envelope.headers),
-        content_type=envelope.content_type,
-        content_encoding=envelope.content_encoding,
-        message_id=envelope.message_id,
-        correlation_id=envelope.correlation_id,
-        reply_to=envelope.reply_to,
-        priority=envelope.priority,
-        expiration=envelope.expiration,
-        type=envelope.type,
-        delivery_mode=(
-            aio_pika.DeliveryMode.PERSISTENT
-            if envelope.persistent
-            else aio_pika.DeliveryMode.NOT_PERSISTENT
-        ),
-    )
-
-
 class Broker:
     """One robust AMQP connection bound to the event loop that opened it."""
 

@@ -178,8 +178,8 @@ class Delivery:
             raise DeliveryLost("channel closed before the reject") from exc
 
 
-def envelope_from(properties: Any, body: bytes) -> Envelope:
-    """AMQP basic properties (pamqp's, or an aio-pika message, same names) and a body as data."""
+def envelope_from(properties: Basic.Properties, body: bytes) -> Envelope:
+    """AMQP basic properties (pamqp's) and a body as data; :func:`properties_of` goes back."""
     return Envelope(
         body=body,
         headers=dict(properties.headers or {}),

@@ -40,13 +40,19 @@ from ..log import get_logger, hide_password
 from ..topology import QueueSpec, Topology
 from ..wire import Envelope
 from . import declare
-from .consumer import NOT_PERSISTENT, PERSISTENT, AckBatcher, Consumer, Delivery, envelope_from
+from .consumer import (
+    CHANNEL_GONE,
+    NOT_PERSISTENT,
+    PERSISTENT,
+    AckBatcher,
+    Consumer,
+    Delivery,
+    envelope_from,
+)
 from .declare import declare_queue
 
 log = get_logger(__name__)
 
-#: What publishing raises when the channel or the connection closed under it.
-PUBLISHER_GONE = (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPConnectionError)
 #: Channel numbers for short-lived probe channels (see Broker._probe_number).
 PROBE_CHANNELS = (30000, 65000)
 #: Seconds between reconnection attempts; short, because a worker without a broker idles.
@@ -257,7 +263,7 @@ class Broker:
                         timeout=self.publish_timeout,
                     )
                     return
-                except PUBLISHER_GONE:
+                except CHANNEL_GONE:
                     # The channel or connection closed before the confirm: publish again
                     # once aio-pika has it back (at least once: the broker may have the
                     # first copy). The pause lets aio-pika notice the loss first.
@@ -279,7 +285,7 @@ class Broker:
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             self._exchanges.discard(exchange)
             raise PublishError(f"exchange {exchange!r} does not exist on the broker") from exc
-        except PUBLISHER_GONE as exc:
+        except CHANNEL_GONE as exc:
             raise PublishError(
                 f"the connection did not come back within {self.publish_timeout}s"
             ) from exc

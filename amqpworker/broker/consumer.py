@@ -29,7 +29,7 @@ from ..wire import Envelope
 
 log = get_logger(__name__)
 
-#: What a settle call raises when the channel or the whole connection went away.
+#: What a settle call or a publish raises when the channel or the whole connection went away.
 CHANNEL_GONE = (
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.AMQPConnectionError,

@@ -8,12 +8,15 @@
     ├── BrokerUnavailable           no broker URL accepted a connection
     ├── DeliveryLost                the delivering channel closed before the ack
     ├── PublishError                the broker did not take a message
-    │   └── UnroutableError         no queue is bound for the message (mandatory publish)
+    │   ├── UnroutableError         no queue is bound for the message (mandatory publish)
+    │   └── PublishOutcomeUnknown   no confirm in time: the message may still run
     ├── MessageError                a delivered message breaks the wire format
     │   ├── ContentDisallowed       its content type is not in ``accept_content``
     │   └── DecodeError             its body cannot be decoded
     │       └── MalformedMessage    headers missing or mistyped, or the body is not [args, kwargs]
     ├── TaskError                   a task failed with an exception we cannot rebuild here
+    │   └── ResultLost              the caller's reply queue went away with the result in it
+    ├── WorkflowError               a finished step's workflow could not go on
     ├── TaskRevokedError            the task was revoked or expired before it ran
     ├── Retry                       raised by ``task.retry()``: run again later
     ├── MaxRetriesExceededError     ``task.retry()`` when no retries are left
@@ -80,6 +83,26 @@ class UnroutableError(PublishError):
     """The broker had no queue to route a mandatory message to."""
 
 
+class PublishOutcomeUnknown(PublishError):
+    """No confirm came in time: the broker may have the message, and it may still run.
+
+    A refusal (a nack, an unroutable message) is a :class:`PublishError` of its own: the
+    message is not queued and sending it again is safe. This one is not: a caller that
+    sends again may run the task twice. During a resource alarm RabbitMQ blocks
+    publishing connections and the message waits in this process or the broker until
+    the alarm clears.
+
+    Attributes:
+        message_id: the message's id (the task id), to look for it later.
+        blocked: True when the broker had blocked the connection (a memory or disk alarm).
+    """
+
+    def __init__(self, message: str, message_id: str | None, blocked: bool = False) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+        self.blocked = blocked
+
+
 class MessageError(AmqpWorkerError):
     """A delivered message breaks the wire format."""
 
@@ -114,6 +137,21 @@ class TaskError(AmqpWorkerError):
     def __init__(self, message: str, exc_type: str = "") -> None:
         super().__init__(message)
         self.exc_type = exc_type
+
+
+class ResultLost(TaskError):
+    """The caller's reply queue was gone (expired or deleted) while a task was pending.
+
+    A state published to it in the meantime is lost; the task may have run. Raised by
+    ``get()`` for every task the caller was waiting for, instead of waiting forever.
+    """
+
+
+class WorkflowError(AmqpWorkerError):
+    """A step finished, but the next steps of its workflow could not be sent.
+
+    The step is not run again; its message is in ``<queue>.dlq`` as ``workflow-failed``.
+    """
 
 
 class TaskRevokedError(AmqpWorkerError):

@@ -11,16 +11,16 @@ thread without any hop into the event loop.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import queue
 import sys
 import threading
 import time
-from collections import deque
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import TaskError, TimeoutError
+from ..exceptions import ResultLost, TaskError, TimeoutError
 from ..wire.results import (
     EXCEPTION_STATES,
     FAILURE,
@@ -38,24 +38,49 @@ if TYPE_CHECKING:
 Sink = Callable[[ResultMessage], None]
 OnMessage = Callable[[dict[str, Any]], Any]
 HISTORY_LIMIT = 1000
+#: States kept for tasks nobody holds a result handle for (the most recent ones).
+UNCLAIMED_LIMIT = 1000
+#: Not a task state: what a waiter is handed when the reply queue was lost.
+LOST = "amqpworker.LOST"
+
+
+def _lost(task_id: str, why: str) -> ResultMessage:
+    return ResultMessage(task_id, LOST, why)
 
 
 class ResultHub:
-    """Task states seen by one client, and the waiters that want them."""
+    """Task states seen by one client, and the waiters that want them.
 
-    def __init__(self, expires: float, loop: asyncio.AbstractEventLoop) -> None:
+    A task's states are kept while something can still ask for them: a live
+    :class:`AsyncResult` (tracked through a weak reference) or a waiter. States nobody
+    holds a handle for (``delay()`` whose result is dropped, or arrives before the handle
+    exists) wait in a bounded list of the most recent ones, so a caller that never reads
+    its results uses bounded memory.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, unclaimed_limit: int = UNCLAIMED_LIMIT
+    ) -> None:
         self.loop = loop
-        self._expires = expires
+        self._unclaimed_limit = unclaimed_limit
         # Reentrant: a sink (a then() callback) may read the hub while it is replayed.
         self._lock = threading.RLock()
         self._history: dict[str, list[ResultMessage]] = {}
         self._sinks: dict[str, list[Sink]] = {}
-        self._ready_at: deque[tuple[float, str]] = deque()
+        #: Live AsyncResult handles per task id.
+        self._handles: dict[str, int] = {}
+        #: Ids with states but no handle and no waiter, oldest first.
+        self._unclaimed: OrderedDict[str, None] = OrderedDict()
+        #: Handles collected by the garbage collector; appended from any thread.
+        self._released: deque[str] = deque()
+        #: Pending tasks whose states went with a lost reply queue: id -> why.
+        self._lost: dict[str, str] = {}
 
     def record(self, message: ResultMessage) -> None:
         """Store a state and hand it to the task's waiters, in arrival order; final is final."""
         task_id = message.task_id
         with self._lock:
+            self._collect()
             history = self._history.setdefault(task_id, [])
             if history and history[-1].status in READY_STATES:
                 # At-least-once delivery can run a task twice (a worker lost its channel
@@ -64,18 +89,31 @@ class ResultHub:
             history.append(message)
             if len(history) > HISTORY_LIMIT:
                 del history[0]
+            self._lost.pop(task_id, None)
             sinks = list(self._sinks.get(task_id, ()))
-            if message.status in READY_STATES:
-                self._ready_at.append((time.monotonic(), task_id))
-                self._prune()
+            if task_id not in self._handles and not sinks:
+                self._unclaim(task_id)
         for sink in sinks:
             sink(message)
+
+    def track(self, task_id: str, handle: object) -> None:
+        """Keep the task's states while ``handle`` (an AsyncResult) lives."""
+        with self._lock:
+            self._collect()
+            self._handles[task_id] = self._handles.get(task_id, 0) + 1
+            self._unclaimed.pop(task_id, None)
+        weakref.finalize(handle, self._released.append, task_id)
 
     def watch(self, task_id: str, sink: Sink) -> Callable[[], None]:
         """Replay the task's states into ``sink`` and follow new ones until unwatched."""
         with self._lock:
-            for message in self._history.get(task_id, ()):
+            self._unclaimed.pop(task_id, None)
+            history = self._history.get(task_id, ())
+            for message in history:
                 sink(message)
+            why = self._lost.get(task_id)
+            if why is not None:
+                sink(_lost(task_id, why))
             self._sinks.setdefault(task_id, []).append(sink)
 
         def unwatch() -> None:
@@ -85,6 +123,8 @@ class ResultHub:
                     sinks.remove(sink)
                 if not sinks:
                     self._sinks.pop(task_id, None)
+                    if task_id not in self._handles:
+                        self._unclaim(task_id)
 
         return unwatch
 
@@ -95,13 +135,50 @@ class ResultHub:
     def forget(self, task_id: str) -> None:
         with self._lock:
             self._history.pop(task_id, None)
+            self._unclaimed.pop(task_id, None)
+            self._lost.pop(task_id, None)
 
-    def _prune(self) -> None:
-        horizon = time.monotonic() - self._expires
-        while self._ready_at and self._ready_at[0][0] < horizon:
-            _, task_id = self._ready_at.popleft()
+    def reply_queue_lost(self, why: str) -> None:
+        """The reply queue was gone: every task still pending here may never report.
+
+        Its waiters, now and later, get :class:`ResultLost` instead of waiting forever;
+        a state that still arrives (published after the queue came back) wins.
+        """
+        with self._lock:
+            self._collect()
+            pending = [
+                task_id
+                for task_id in {*self._handles, *self._sinks}
+                if not any(m.status in READY_STATES for m in self._history.get(task_id, ()))
+            ]
+            for task_id in pending:
+                self._lost[task_id] = why
+            sinks = [(task_id, list(self._sinks.get(task_id, ()))) for task_id in pending]
+        for task_id, waiting in sinks:
+            for sink in waiting:
+                sink(_lost(task_id, why))
+
+    def _unclaim(self, task_id: str) -> None:
+        if task_id not in self._history and task_id not in self._lost:
+            return
+        self._unclaimed[task_id] = None
+        self._unclaimed.move_to_end(task_id)
+        while len(self._unclaimed) > self._unclaimed_limit:
+            oldest, _ = self._unclaimed.popitem(last=False)
+            self._history.pop(oldest, None)
+            self._lost.pop(oldest, None)
+
+    def _collect(self) -> None:
+        """Let go of the states of tasks whose last handle was garbage-collected."""
+        while self._released:
+            task_id = self._released.popleft()
+            left = self._handles.get(task_id, 0) - 1
+            if left > 0:
+                self._handles[task_id] = left
+                continue
+            self._handles.pop(task_id, None)
             if task_id not in self._sinks:
-                self._history.pop(task_id, None)
+                self._unclaim(task_id)
 
     def wait_sync(
         self, task_id: str, timeout: float | None, on_message: OnMessage | None
@@ -119,6 +196,8 @@ class ResultHub:
                     message = inbox.get(timeout=remaining)
                 except queue.Empty:
                     raise _timed_out(task_id, timeout) from None
+                if message.status == LOST:
+                    raise _result_lost(message)
                 if on_message is not None:
                     on_message(message.as_body())
                 if message.status in READY_STATES:
@@ -153,6 +232,8 @@ async def _drain(
 ) -> ResultMessage:
     while True:
         message = await inbox.get()
+        if message.status == LOST:
+            raise _result_lost(message)
         if on_message is not None:
             outcome = on_message(message.as_body())
             if asyncio.iscoroutine(outcome):
@@ -163,6 +244,13 @@ async def _drain(
 
 def _timed_out(task_id: str, timeout: float | None) -> TimeoutError:
     return TimeoutError(f"task {task_id} not ready within {timeout}s")
+
+
+def _result_lost(message: ResultMessage) -> ResultLost:
+    return ResultLost(
+        f"task {message.task_id}: {message.result}; its result may be lost (it may have run)",
+        exc_type="ResultLost",
+    )
 
 
 class AsyncResult:
@@ -183,7 +271,15 @@ class AsyncResult:
         self.app = app
         self.task_name = task_name
         self.parent = parent
+        self._client: Client | None = None
+        if client is not None:
+            self._attach(client)
+
+    def _attach(self, client: Client) -> Client:
+        """Use ``client``'s states; they are kept while this handle lives."""
         self._client = client
+        client.hub.track(self.id, self)
+        return client
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id} {self.state}>"
@@ -202,7 +298,9 @@ class AsyncResult:
 
     def _hub(self) -> ResultHub | None:
         if self._client is None and self.app is not None:
-            self._client = self.app.portal_client_if_started()
+            started = self.app.portal_client_if_started()
+            if started is not None:
+                self._attach(started)
         return None if self._client is None else self._client.hub
 
     def _history(self) -> list[ResultMessage]:
@@ -275,7 +373,7 @@ class AsyncResult:
         on_message: OnMessage | None = None,
     ) -> Any:
         if self._client is None and self.app is not None:
-            self._client = await self.app.client()
+            self._attach(await self.app.client())
         client = self._client_for_wait()
         return _outcome(await client.hub.wait_async(self.id, timeout, on_message), propagate)
 
@@ -308,7 +406,7 @@ class AsyncResult:
     def _client_for_wait(self) -> Client:
         if self._client is None:
             assert self.app is not None
-            self._client = self.app.portal_client()
+            return self._attach(self.app.portal_client())
         return self._client
 
 
@@ -326,7 +424,12 @@ def _outcome(message: ResultMessage, propagate: bool) -> Any:
 
 
 def rebuild_exception(data: Mapping[str, Any], traceback: str | None = None) -> BaseException:
-    """The remote exception as its own type when importable, else a :class:`TaskError`."""
+    """The remote exception as its own type when this process knows it, else a TaskError.
+
+    Known means a builtin, or a class in a module this process has already imported: a
+    result message never makes the caller import anything (whoever can publish to a
+    reply queue would otherwise run a module's top-level code in the caller).
+    """
     module_name = str(data.get("exc_module") or "builtins")
     qualname = str(data.get("exc_type") or "Exception")
     raw_args = data.get("exc_message") or ()
@@ -350,10 +453,7 @@ def rebuild_exception(data: Mapping[str, Any], traceback: str | None = None) -> 
 def _exception_class(module_name: str, qualname: str) -> type[Exception] | None:
     module = sys.modules.get(module_name)
     if module is None:
-        try:
-            module = importlib.import_module(module_name)
-        except Exception:
-            return None
+        return None
     found: Any = module
     for part in qualname.split("."):
         found = getattr(found, part, None)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import gc
+import sys
 import threading
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -13,9 +14,8 @@ import pytest
 
 from amqpworker import App, AsyncResult, TaskError
 from amqpworker import TimeoutError as AmqpTimeoutError
-from amqpworker.app import results as results_module
 from amqpworker.app.results import HISTORY_LIMIT, ResultHub, rebuild_exception
-from amqpworker.exceptions import TaskRevokedError
+from amqpworker.exceptions import ResultLost, TaskRevokedError
 from amqpworker.wire import ResultMessage
 from amqpworker.wire.results import exception_to_data
 
@@ -107,6 +107,25 @@ def test_unknown_or_unsafe_types_become_task_error(data: dict[str, Any], named: 
     assert exc.exc_type == named.split(":")[0]
 
 
+def test_a_result_never_makes_the_caller_import_a_module(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "planted_by_a_result.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(tmp_path / 'imported')!r}).write_text('ran')\n"
+        "class Boom(Exception):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = {"exc_type": "Boom", "exc_module": "planted_by_a_result", "exc_message": ["x"]}
+
+    exc = rebuild_exception(data)
+
+    assert type(exc) is TaskError
+    assert exc.exc_type == "planted_by_a_result.Boom"
+    assert not (tmp_path / "imported").exists()
+    assert "planted_by_a_result" not in sys.modules
+
+
 def test_system_exit_is_never_rebuilt_as_itself() -> None:
     exc = rebuild_exception(exception_to_data(SystemExit(3)))
 
@@ -138,7 +157,7 @@ def test_locally_defined_exception_becomes_task_error() -> None:
 
 
 async def test_history_is_replayed_to_a_late_watcher_in_order() -> None:
-    hub = ResultHub(60, asyncio.get_running_loop())
+    hub = ResultHub(asyncio.get_running_loop())
     sent = [msg("t", "STARTED"), msg("t", "PROGRESS", {"i": 1}), msg("t", "SUCCESS", 3)]
     for message in sent:
         hub.record(message)
@@ -153,7 +172,7 @@ async def test_history_is_replayed_to_a_late_watcher_in_order() -> None:
 
 
 async def test_watcher_gets_new_states_until_unwatched() -> None:
-    hub = ResultHub(60, asyncio.get_running_loop())
+    hub = ResultHub(asyncio.get_running_loop())
     seen: list[ResultMessage] = []
     unwatch = hub.watch("t", seen.append)
 
@@ -166,7 +185,7 @@ async def test_watcher_gets_new_states_until_unwatched() -> None:
 
 
 async def test_first_final_state_stays_the_answer() -> None:
-    hub = ResultHub(60, asyncio.get_running_loop())
+    hub = ResultHub(asyncio.get_running_loop())
 
     hub.record(msg("t", "SUCCESS", 1))
     hub.record(msg("t", "STARTED"))  # a redelivered copy runs again
@@ -176,7 +195,7 @@ async def test_first_final_state_stays_the_answer() -> None:
 
 
 async def test_history_per_task_is_bounded() -> None:
-    hub = ResultHub(60, asyncio.get_running_loop())
+    hub = ResultHub(asyncio.get_running_loop())
 
     for i in range(HISTORY_LIMIT + 5):
         hub.record(msg("t", "PROGRESS", i))
@@ -189,7 +208,7 @@ async def test_history_per_task_is_bounded() -> None:
 
 async def test_wait_sync_from_a_thread_returns_on_success() -> None:
     loop = asyncio.get_running_loop()
-    hub = ResultHub(60, loop)
+    hub = ResultHub(loop)
     waiting = asyncio.Event()
     bodies: list[dict[str, Any]] = []
 
@@ -217,14 +236,14 @@ async def test_wait_sync_from_a_thread_returns_on_success() -> None:
 
 
 async def test_wait_sync_returns_at_once_when_already_ready() -> None:
-    hub = ResultHub(60, asyncio.get_running_loop())
+    hub = ResultHub(asyncio.get_running_loop())
     hub.record(msg("t", "FAILURE", exception_to_data(ValueError("x"))))
 
     assert hub.wait_sync("t", 0.01, None).status == "FAILURE"
 
 
 async def test_wait_sync_timeout_raises_our_timeout_error() -> None:
-    hub = ResultHub(60, asyncio.get_running_loop())
+    hub = ResultHub(asyncio.get_running_loop())
     hub.record(msg("t", "STARTED"))
 
     with pytest.raises(AmqpTimeoutError, match=r"task t not ready within 0\.05s") as info:
@@ -234,7 +253,7 @@ async def test_wait_sync_timeout_raises_our_timeout_error() -> None:
 
 
 async def test_wait_async_on_the_hub_loop() -> None:
-    hub = ResultHub(60, asyncio.get_running_loop())
+    hub = ResultHub(asyncio.get_running_loop())
     started = asyncio.Event()
     statuses: list[str] = []
 
@@ -256,7 +275,7 @@ async def test_wait_async_on_the_hub_loop() -> None:
 
 async def test_wait_async_from_another_loop_in_another_thread() -> None:
     loop = asyncio.get_running_loop()
-    hub = ResultHub(60, loop)
+    hub = ResultHub(loop)
     started = asyncio.Event()
     seen: list[tuple[str, int]] = []
 
@@ -280,7 +299,7 @@ async def test_wait_async_from_another_loop_in_another_thread() -> None:
 
 
 async def test_wait_async_timeout() -> None:
-    hub = ResultHub(60, asyncio.get_running_loop())
+    hub = ResultHub(asyncio.get_running_loop())
 
     with pytest.raises(AmqpTimeoutError) as info:
         await hub.wait_async("t", 0.05, None)
@@ -289,7 +308,7 @@ async def test_wait_async_timeout() -> None:
 
 
 async def test_waiters_are_removed_after_waiting() -> None:
-    hub = ResultHub(60, asyncio.get_running_loop())
+    hub = ResultHub(asyncio.get_running_loop())
     hub.record(msg("t", "SUCCESS"))
 
     await hub.wait_async("t", WAIT, None)
@@ -300,50 +319,75 @@ async def test_waiters_are_removed_after_waiting() -> None:
     assert hub._sinks == {}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
+class Handle:
+    """Stands for an AsyncResult: something the hub can hold a weak reference to."""
 
 
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """A clock for the results module only; the event loop keeps the real one."""
-    fake = FakeClock()
-    monkeypatch.setattr(results_module, "time", types.SimpleNamespace(monotonic=fake.monotonic))
-    return fake
+async def test_results_nobody_holds_a_handle_for_are_bounded() -> None:
+    hub = ResultHub(asyncio.get_running_loop(), unclaimed_limit=3)
+    for index in range(10):
+        hub.record(msg(f"t{index}", "SUCCESS", index))
+
+    kept = [f"t{index}" for index in range(10) if hub.history(f"t{index}")]
+    assert kept == ["t7", "t8", "t9"]
 
 
-async def test_ready_results_are_pruned_after_result_expires(clock: FakeClock) -> None:
-    hub = ResultHub(10, asyncio.get_running_loop())
-    hub.record(msg("old", "SUCCESS", 1))
-    hub.record(msg("running", "STARTED"))
+async def test_results_are_kept_while_their_handle_lives_then_let_go() -> None:
+    hub = ResultHub(asyncio.get_running_loop(), unclaimed_limit=2)
+    handle = Handle()
+    hub.track("held", handle)
+    hub.record(msg("held", "SUCCESS", 1))
+    for index in range(5):
+        hub.record(msg(f"other{index}", "SUCCESS", index))
+    assert [m.result for m in hub.history("held")] == [1]  # the handle keeps it
 
-    clock.now += 5
-    hub.record(msg("young", "SUCCESS", 2))
-    assert hub.history("old")  # not yet expired
+    del handle
+    gc.collect()
+    for index in range(5, 8):
+        hub.record(msg(f"other{index}", "SUCCESS", index))
 
-    clock.now += 6
-    hub.record(msg("new", "SUCCESS", 3))
-
-    assert hub.history("old") == []
-    assert [m.result for m in hub.history("young")] == [2]
-    assert [m.result for m in hub.history("new")] == [3]
-    assert [m.status for m in hub.history("running")] == ["STARTED"]  # not ready: kept
+    assert hub.history("held") == []
 
 
-async def test_watched_results_are_not_pruned(clock: FakeClock) -> None:
-    hub = ResultHub(10, asyncio.get_running_loop())
+async def test_a_result_that_arrives_before_its_handle_is_kept_for_it() -> None:
+    hub = ResultHub(asyncio.get_running_loop(), unclaimed_limit=1)
+    hub.record(msg("fast", "SUCCESS", 1))
+    handle = Handle()
+    hub.track("fast", handle)
+    hub.record(msg("later", "SUCCESS", 2))  # would push "fast" out if it were unclaimed
+
+    assert [m.result for m in hub.history("fast")] == [1]
+
+
+async def test_watched_results_are_kept() -> None:
+    hub = ResultHub(asyncio.get_running_loop(), unclaimed_limit=1)
     hub.record(msg("watched", "SUCCESS", 1))
     unwatch = hub.watch("watched", lambda _: None)
-
-    clock.now += 60
     hub.record(msg("other", "SUCCESS", 2))
+    hub.record(msg("more", "SUCCESS", 3))
     unwatch()
 
     assert [m.result for m in hub.history("watched")] == [1]
+
+
+async def test_a_lost_reply_queue_fails_pending_waiters_not_finished_ones() -> None:
+    hub = ResultHub(asyncio.get_running_loop())
+    done, pending = Handle(), Handle()
+    hub.track("done", done)
+    hub.track("pending", pending)
+    hub.record(msg("done", "SUCCESS", 1))
+    waiter = asyncio.ensure_future(hub.wait_async("pending", WAIT, None))
+    await asyncio.sleep(0)
+
+    hub.reply_queue_lost("reply queue q was gone")
+
+    with pytest.raises(ResultLost, match="reply queue q was gone"):
+        await waiter
+    with pytest.raises(ResultLost):  # a later get() too, instead of waiting forever
+        hub.wait_sync("pending", WAIT, None)
+    assert hub.wait_sync("done", WAIT, None).result == 1
+    hub.record(msg("pending", "SUCCESS", 2))  # a state that still arrives wins
+    assert hub.wait_sync("pending", WAIT, None).result == 2
 
 
 # AsyncResult.
@@ -351,7 +395,7 @@ async def test_watched_results_are_not_pruned(clock: FakeClock) -> None:
 
 @pytest.fixture
 async def hub() -> ResultHub:
-    return ResultHub(60, asyncio.get_running_loop())
+    return ResultHub(asyncio.get_running_loop())
 
 
 @pytest.fixture

@@ -9,13 +9,14 @@ callers, the worker's loop inside a worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Callable, Sequence
 
 from .. import delay
 from ..broker import Broker, Outgoing, chord
-from ..exceptions import DecodeError, MessageError
+from ..exceptions import DecodeError, MessageError, UnroutableError
 from ..log import get_logger
 from ..settings import Settings
 from ..topology import Topology
@@ -48,7 +49,7 @@ class Client:
             connect_timeout=conf.broker_connection_timeout,
             publish_timeout=conf.task_publish_timeout,
         )
-        self.hub = ResultHub(conf.result_expires, self.loop)
+        self.hub = ResultHub(self.loop)
         self.topology = topology
         self._reply_to: str | None = None
         self._reply_lock = asyncio.Lock()
@@ -58,6 +59,10 @@ class Client:
         await self.broker.connect()
 
     async def close(self) -> None:
+        if self._reply_to is not None:
+            # It would outlive us by its x-expires otherwise.
+            with contextlib.suppress(Exception):
+                await self.broker.delete_queue(self._reply_to)
         await self.broker.close()
 
     async def reply_to(self) -> str:
@@ -67,8 +72,7 @@ class Client:
         async with self._reply_lock:
             if self._reply_to is None:
                 name = self._reply_prefix + uuid.uuid4().hex
-                queue = await self.broker.declare_reply_queue(name)
-                await self.broker.consume_no_ack(queue.name, self._on_reply)
+                await self.broker.consume_replies(name, self._on_reply, self.hub.reply_queue_lost)
                 self._reply_to = name
         return self._reply_to
 
@@ -121,6 +125,17 @@ class Client:
         await chord.declare(self.broker, chord_id, self.conf.result_expires)
 
     async def publish_result(self, reply_to: str, message: ResultMessage) -> None:
-        """Send a state to a caller; a caller that is gone is not an error."""
+        """Send a state to a caller; a caller that is gone is not an error.
+
+        Mandatory, so that a reply queue that is gone is noticed (and logged) rather
+        than the state silently dropped.
+        """
         serializer = self.serializers.get(self.conf.result_serializer)
-        await self.broker.publish(message.encode(serializer), "", reply_to, mandatory=False)
+        try:
+            await self.broker.publish(message.encode(serializer), "", reply_to)
+        except UnroutableError:
+            log.info(
+                "the caller's reply queue is gone; state dropped",
+                task_id=message.task_id,
+                status=message.status,
+            )

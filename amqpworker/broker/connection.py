@@ -15,7 +15,9 @@ on a different channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -32,7 +34,9 @@ from aiormq.abc import DeliveredMessage
 from .. import delay
 from ..exceptions import (
     BrokerUnavailable,
+    DeliveryLost,
     PublishError,
+    PublishOutcomeUnknown,
     TopologyMismatch,
     UnroutableError,
 )
@@ -50,6 +54,7 @@ from .consumer import (
     envelope_from,
 )
 from .declare import declare_queue
+from .headers import encodable
 
 log = get_logger(__name__)
 
@@ -57,6 +62,10 @@ log = get_logger(__name__)
 PROBE_CHANNELS = (30000, 65000)
 #: Seconds between reconnection attempts; short, because a worker without a broker idles.
 RECONNECT_INTERVAL = 1.0
+#: How long a caller's reply queue outlives its consumer (a cut connection, a crash).
+REPLY_QUEUE_EXPIRES_MS = 300_000
+#: Replies on their way to a caller at once (they are handled at once, on its loop).
+REPLY_PREFETCH = 1000
 
 Outgoing = tuple[Envelope, str, str]
 """An envelope with the exchange and routing key to publish it to."""
@@ -228,10 +237,80 @@ class Broker:
         if spec.name not in self._declared:
             await self.declare_work_queue(spec, default_max_priority)
 
-    async def declare_reply_queue(self, name: str) -> AbstractQueue:
-        """An exclusive queue for results; restored under the same name after a reconnect."""
-        channel = await self._ready_publisher()
-        return await channel.declare_queue(name, exclusive=True, auto_delete=True)
+    async def consume_replies(
+        self,
+        name: str,
+        on_envelope: Callable[[Envelope], Any],
+        on_lost: Callable[[str], Any],
+    ) -> Consumer:
+        """Declare a caller's reply queue and consume it, acking each reply once handled.
+
+        The queue is not exclusive: an exclusive queue is deleted with its connection, so
+        a result published while the caller reconnects would vanish, and a reply on its
+        way over the cut socket with it. This one outlives a cut by ``x-expires``
+        (:data:`REPLY_QUEUE_EXPIRES_MS`, counted while nobody consumes it), and a reply
+        is acked only once handed over. When it is gone all the same (expired, deleted,
+        a broker restart), ``on_lost`` is told before it is declared again.
+        """
+        await self._declare_reply_queue(name)
+
+        async def declare_again_if_gone() -> None:
+            if not await self.queue_exists(name):
+                on_lost(f"reply queue {name} was gone (expired, deleted or the broker restarted)")
+                await self._declare_reply_queue(name)
+
+        channel = await self.channel(prefetch=REPLY_PREFETCH)
+        assert isinstance(channel, AbstractRobustChannel)
+        batcher: AckBatcher | None = None
+
+        def deliver(message: DeliveredMessage) -> None:
+            nonlocal batcher
+            if batcher is None or batcher.channel is not message.channel:
+                batcher = AckBatcher(message.channel)
+            tag = message.delivery_tag or 0
+            batcher.delivered(tag)
+            try:
+                on_envelope(envelope_from(message.header.properties, message.body))
+            finally:
+                with contextlib.suppress(DeliveryLost):
+                    batcher.ack(tag)
+
+        consumer = Consumer(channel, name, deliver, prepare=declare_again_if_gone)
+        await consumer.start()
+        return consumer
+
+    async def _declare_reply_queue(self, name: str) -> None:
+        # On a channel aio-pika does not restore: after a reconnect, whether the queue
+        # survived is checked first (see consume_replies).
+        channel = await self.probe_channel()
+        try:
+            await channel.declare_queue(
+                name,
+                durable=False,
+                auto_delete=False,
+                arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
+            )
+        finally:
+            await channel.close()
+
+    async def queue_exists(self, name: str) -> bool:
+        channel = await self.probe_channel()
+        try:
+            await channel.declare_queue(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return True
+
+    async def delete_queue(self, name: str) -> None:
+        channel = await self.probe_channel()
+        try:
+            await channel.queue_delete(name)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
     async def publish(
         self, envelope: Envelope, exchange: str, routing_key: str, *, mandatory: bool = True
@@ -246,6 +325,7 @@ class Broker:
         properties = properties_of(envelope)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
+        rewritten = False
         try:
             while True:
                 try:
@@ -263,6 +343,16 @@ class Broker:
                         timeout=self.publish_timeout,
                     )
                     return
+                except TypeError:
+                    # A header a delivery brought that pamqp cannot encode (raw bytes).
+                    if rewritten:
+                        raise
+                    rewritten = True
+                    table, names = encodable(envelope.headers)
+                    if not names:
+                        raise
+                    log.warning("headers rewritten to be sent again", headers=names)
+                    properties = properties_of(replace(envelope, headers=table))
                 except CHANNEL_GONE:
                     # The channel or connection closed before the confirm: publish again
                     # once aio-pika has it back (at least once: the broker may have the
@@ -279,16 +369,40 @@ class Broker:
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishError(f"the broker refused the message ({exc})") from exc
         except asyncio.TimeoutError as exc:
-            raise PublishError(
-                f"the broker did not confirm the message within {self.publish_timeout}s"
+            raise self._outcome_unknown(
+                envelope, f"the broker did not confirm the message within {self.publish_timeout}s"
             ) from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             self._exchanges.discard(exchange)
             raise PublishError(f"exchange {exchange!r} does not exist on the broker") from exc
         except CHANNEL_GONE as exc:
-            raise PublishError(
-                f"the connection did not come back within {self.publish_timeout}s"
+            raise self._outcome_unknown(
+                envelope, f"the connection did not come back within {self.publish_timeout}s"
             ) from exc
+
+    def _outcome_unknown(self, envelope: Envelope, what: str) -> PublishOutcomeUnknown:
+        blocked = self.is_blocked()
+        because = (
+            "; the broker has blocked this connection (a memory or disk alarm), so the "
+            "message waits to be sent"
+            if blocked
+            else ""
+        )
+        return PublishOutcomeUnknown(
+            f"{what}{because}; it may still be queued and run (message id {envelope.message_id})",
+            envelope.message_id,
+            blocked=blocked,
+        )
+
+    def is_blocked(self) -> bool:
+        """True while the broker has blocked this connection (``connection.blocked``).
+
+        aiormq keeps this only in a private event, which it waits on before writing.
+        """
+        transport = self._connection.transport if self._connection is not None else None
+        connection = getattr(transport, "connection", None)
+        unblocked = getattr(connection, "_Connection__connection_unblocked", None)
+        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
 
     async def delayed_target(
         self, exchange: str, routing_key: str, seconds: int
@@ -345,15 +459,10 @@ class Broker:
         await consumer.start()
         return consumer
 
-    async def consume_no_ack(self, queue: str, on_envelope: Callable[[Envelope], Any]) -> Consumer:
-        """Consume without acks on the publishing channel (the reply queue)."""
-
-        def deliver(message: DeliveredMessage) -> None:
-            on_envelope(envelope_from(message.header.properties, message.body))
-
-        consumer = Consumer(await self._ready_publisher(), queue, deliver, no_ack=True)
-        await consumer.start()
-        return consumer
+    async def check_exchange(self, name: str) -> None:
+        """Raise :class:`PublishError` unless a named exchange exists (checked once)."""
+        if name and name not in self._exchanges:
+            await self._check_exchange(await self._ready_publisher(), name)
 
     async def _check_exchange(self, channel: AbstractRobustChannel, name: str) -> None:
         """Fail clearly, once per exchange, when a named exchange does not exist."""

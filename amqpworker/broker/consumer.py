@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import aiormq
@@ -125,6 +125,11 @@ class Delivery:
         self.envelope = envelope_from(message.header.properties, message.body)
 
     @property
+    def settled(self) -> bool:
+        """True once acked or rejected (or handed to the ack batch)."""
+        return self._settled
+
+    @property
     def stale(self) -> bool:
         """True when the channel that delivered it has closed.
 
@@ -213,17 +218,26 @@ class Consumer:
         on_message: Callable[[DeliveredMessage], None],
         *,
         no_ack: bool = False,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """Consume ``queue`` once started.
+
+        ``prepare`` runs before consuming again (not the first time): after aio-pika
+        reopened the channel, or the broker cancelled the consumer.
+        """
         self.channel = channel
         self.queue = queue
         self.tag = f"amqpworker.{uuid.uuid4().hex}"
         self._on_message = on_message
         self._no_ack = no_ack
+        self._prepare = prepare
+        self._started = False
         self._cancelled = False
         self._retry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._consume()
+        self._started = True
         self.channel.reopen_callbacks.add(self._on_reopen)
 
     async def cancel(self) -> None:
@@ -240,6 +254,9 @@ class Consumer:
         underlay = await self._underlay()
         if self.tag in underlay.consumers:
             return
+        if self._started and self._prepare is not None:
+            await self._prepare()
+            underlay = await self._underlay()
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         await underlay.basic_consume(
             self.queue, self._deliver, no_ack=self._no_ack, consumer_tag=self.tag

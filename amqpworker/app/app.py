@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any, TypeVar, overload
 from zoneinfo import ZoneInfo
 
+from .. import delay
 from ..exceptions import DuplicateTaskError, ImproperlyConfigured
 from ..loop import loop_factory
 from ..portal import Portal
@@ -307,7 +308,7 @@ class App:
             id=options.get("task_id") or str(uuid.uuid4()),
             root_id=parent.root_id if parent is not None else None,
             parent_id=parent.id if parent is not None else None,
-            eta=_eta(options.get("countdown"), options.get("eta"), conf.timezone),
+            eta=_within_reach(_eta(options.get("countdown"), options.get("eta"), conf.timezone)),
             expires=_moment(options.get("expires"), conf.timezone, "expires"),
             time_limit=options.get("time_limit")
             or (task and task.time_limit)
@@ -438,6 +439,18 @@ def _eta(countdown: float | None, eta: dt.datetime | None, timezone: str) -> dt.
     ):
         raise TypeError(f"countdown must be seconds, not {countdown!r}")
     return _moment(countdown if countdown is not None else eta, timezone, "countdown")
+
+
+def _within_reach(eta: dt.datetime | None) -> dt.datetime | None:
+    """Refuse an eta the delay levels cannot wait for (about 8.5 years)."""
+    if eta is not None:
+        wait = (eta - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        if wait > delay.MAX_DELAY:
+            raise ValueError(
+                f"countdown/eta {wait:.0f}s from now is past the longest delay, "
+                f"{delay.MAX_DELAY}s (about 8.5 years)"
+            )
+    return eta
 
 
 def _import_object(path: str) -> object:

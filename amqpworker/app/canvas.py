@@ -191,7 +191,12 @@ class Signature(dict[str, Any]):
             target.options.update(options)
         client = await app.client()
         result = freeze(signature, app, client, await client.reply_to())
-        await publish(app, client, plan(app, signature, list(args or ())))
+        work = plan(app, signature, list(args or ()))
+        # Every later step is checked now, as the first one is: a step that cannot be
+        # sent must fail here, not after the steps before it ran.
+        for exchange in sorted(destinations(app, signature)):
+            await client.broker.check_exchange(exchange)
+        await publish(app, client, work)
         return result
 
     def __repr__(self) -> str:
@@ -376,13 +381,14 @@ def signature(
     args: Sequence[Any] | None = None,
     kwargs: Mapping[str, Any] | None = None,
     *,
+    immutable: bool = False,
     app: App | None = None,
     **options: Any,
 ) -> Signature:
     """A signature by task name (``app=`` binds it), or from its dict form."""
     if isinstance(name, Mapping):
         return from_dict(name, app)
-    return Signature(name, args, kwargs, options, app=app)
+    return Signature(name, args, kwargs, options, immutable=immutable, app=app)
 
 
 def from_dict(data: Mapping[str, Any], app: App | None = None) -> Signature:
@@ -525,6 +531,36 @@ def _task_message(
         chord=_deep_copy(workflow["chord"]) if workflow["chord"] else None,
     )
     return message, destination, serializer
+
+
+def destinations(app: App, sig: Mapping[str, Any]) -> set[str]:
+    """Prepare every task of a workflow, callbacks too, as it will be sent; their exchanges.
+
+    Raises what sending it would (an unknown option, an eta out of reach), without I/O.
+    """
+    if isinstance(sig, (chain, group)):
+        return {ex for step in sig.tasks for ex in destinations(app, step)}
+    if isinstance(sig, chord):
+        body = [sig.body] if sig.body is not None else []
+        return {ex for part in [sig.header, *body] for ex in destinations(app, part)}
+    if isinstance(sig, chunks):
+        return destinations(app, sig.kwargs["task"])
+    if not isinstance(sig, Signature):
+        return destinations(app, from_dict(sig, app))
+    exchanges = set()
+    for key in ("link", "link_error"):
+        for callback in _as_list(sig.options.get(key)):
+            exchanges |= destinations(app, callback)
+    _, destination, _ = _task_message(app, sig, (), ())
+    if destination.exchange:
+        exchanges.add(destination.exchange)
+    return exchanges
+
+
+def _as_list(value: Any) -> list[Any]:
+    if not value:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 async def publish(app: App, client: Client, work: Plan) -> None:

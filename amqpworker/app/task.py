@@ -216,11 +216,12 @@ class Task:
         self,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
+        immutable: bool = False,
         **options: Any,
     ) -> Signature:
         from .canvas import Signature
 
-        return Signature(self, args, kwargs, options)
+        return Signature(self, args, kwargs, options, immutable=immutable)
 
     subtask = signature
 

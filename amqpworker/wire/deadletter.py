@@ -22,6 +22,8 @@ DEAD_AT = "x-amqpworker-dead-at"
 EXCEPTION = "x-amqpworker-exception"
 #: How many times a message has been delivered, as counted by workers (classic queues).
 DELIVERIES = "x-amqpworker-deliveries"
+#: Why a worker last put the message back on purpose (a publish that failed, ...).
+REQUEUED_BECAUSE = "x-amqpworker-requeued-because"
 
 _HISTORY_PREFIXES = ("x-amqpworker-", "x-death", "x-first-death-", "x-last-death-")
 _HISTORY_HEADERS = frozenset({"x-delivery-count"})

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import MalformedMessage
+from ..exceptions import MalformedMessage, MessageError
 from .deadletter import fresh_headers
 from .serializers import Serializer, SerializerRegistry, json_default
 
@@ -169,18 +169,41 @@ class TaskMessage:
 
     @classmethod
     def decode(
-        cls, envelope: Envelope, serializers: SerializerRegistry, accepted: frozenset[str]
+        cls,
+        envelope: Envelope,
+        serializers: SerializerRegistry,
+        accepted: frozenset[str],
+        timezone: dt.tzinfo = dt.timezone.utc,
     ) -> TaskMessage:
         """Validate headers, then decode the body; anything wrong raises a MessageError.
 
         The content type is checked against ``accepted`` before the body is touched.
+        Naive times in ``eta``/``expires`` are in ``timezone`` (the app's).
 
         Raises:
             ContentDisallowed: the content type is not accepted.
             DecodeError: the body cannot be decoded.
-            MalformedMessage: a header is missing or of the wrong type, or the body is not
-                ``[args, kwargs]``.
+            MalformedMessage: a header is missing or of the wrong type, the body is not
+                ``[args, kwargs]``, or anything else in the message cannot be read (a
+                header nested too deep raises RecursionError in the JSON parser).
         """
+        try:
+            return cls._decode(envelope, serializers, accepted, timezone)
+        except MessageError:
+            raise
+        except Exception as exc:
+            raise MalformedMessage(
+                f"cannot read the message: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+
+    @classmethod
+    def _decode(
+        cls,
+        envelope: Envelope,
+        serializers: SerializerRegistry,
+        accepted: frozenset[str],
+        timezone: dt.tzinfo,
+    ) -> TaskMessage:
         headers = envelope.headers
         task = headers.get("task") or envelope.type
         if not isinstance(task, str) or not task:
@@ -212,8 +235,8 @@ class TaskMessage:
             parent_id=_optional_str(headers, "parent_id"),
             group_id=_optional_str(headers, "group"),
             retries=retries,
-            eta=_optional_time(headers, "eta"),
-            expires=_optional_time(headers, "expires"),
+            eta=_optional_time(headers, "eta", timezone),
+            expires=_optional_time(headers, "expires", timezone),
             time_limit=hard,
             soft_time_limit=soft,
             reply_to=envelope.reply_to or None,
@@ -266,6 +289,8 @@ def _canvas(headers: Mapping[str, Any], name: str, kind: type) -> Any:
         value = json.loads(text) if isinstance(text, str) else None
     except json.JSONDecodeError as exc:
         raise MalformedMessage(f"header {name!r} is not JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedMessage(f"header {name!r} is nested too deeply to read") from None
     if kind is dict:
         well_formed = isinstance(value, dict)
     else:
@@ -294,7 +319,9 @@ def _check_signature(signature: dict[str, Any], header: str) -> None:
         raise MalformedMessage(f"header {header!r} holds a signature without a task name")
 
 
-def _optional_time(headers: Mapping[str, Any], name: str) -> dt.datetime | None:
+def _optional_time(
+    headers: Mapping[str, Any], name: str, timezone: dt.tzinfo
+) -> dt.datetime | None:
     value = headers.get(name)
     if value is None:
         return None
@@ -307,7 +334,7 @@ def _optional_time(headers: Mapping[str, Any], name: str) -> dt.datetime | None:
             raise MalformedMessage(f"header {name!r} is not an ISO 8601 time: {value!r}") from None
     else:
         raise MalformedMessage(f"header {name!r} must be an ISO 8601 string")
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone)
 
 
 def _time_limits(value: Any) -> tuple[float | None, float | None]:

@@ -8,6 +8,7 @@ and nothing is rejected into a dead-letter queue that may not exist.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+#: Messages whose reason for being put back this worker remembers.
+REQUEUE_MEMORY = 10_000
+
 
 class Settler:
     """Ends deliveries for one worker, through its publishing broker connection."""
@@ -30,6 +34,8 @@ class Settler:
         self.broker = broker
         self.stats = stats
         self.topology = topology
+        #: Why this worker put messages back, by message id, for the count to carry.
+        self._requeued_because: OrderedDict[str, str] = OrderedDict()
 
     async def count_redelivery(self, delivery: Delivery, spec: QueueSpec | None) -> bool:
         """Count deliveries on classic queues; True when the delivery was dealt with here.
@@ -44,18 +50,36 @@ class Settler:
         spec = spec or self.topology.queue(delivery.queue)
         if spec.type == "quorum":
             return False
-        known = delivery.envelope.headers.get(deadletter.DELIVERIES)
+        envelope = delivery.envelope
+        known = envelope.headers.get(deadletter.DELIVERIES)
         deliveries = (known if isinstance(known, int) and known > 0 else 1) + 1
         limit = spec.effective_delivery_limit
+        # A worker that put it back on purpose said why; only an unexplained
+        # redelivery (the worker died or lost its connection) may be a crash.
+        because = self._requeued_because.pop(envelope.message_id or "", None)
+        if because is None:
+            recorded = envelope.headers.get(deadletter.REQUEUED_BECAUSE)
+            because = recorded if isinstance(recorded, str) else None
         if deliveries > limit:
-            await self.dead_letter(
-                delivery,
-                "crash-looping",
-                f"delivered {deliveries} times without being acknowledged (limit {limit}); "
-                "its task may be killing the worker",
-            )
+            if because is not None:
+                await self.dead_letter(
+                    delivery,
+                    because,
+                    f"put back {deliveries - 1} times by workers ({because}); limit {limit}",
+                )
+            else:
+                await self.dead_letter(
+                    delivery,
+                    "crash-looping",
+                    f"delivered {deliveries} times without being acknowledged (limit {limit});"
+                    " its task may be killing the worker",
+                )
             return True
-        headers = {**delivery.envelope.headers, deadletter.DELIVERIES: deliveries}
+        headers = {**envelope.headers, deadletter.DELIVERIES: deliveries}
+        if because is not None:
+            headers[deadletter.REQUEUED_BECAUSE] = because
+        else:
+            headers.pop(deadletter.REQUEUED_BECAUSE, None)
         try:
             await self.broker.publish(
                 replace(delivery.envelope, headers=headers), "", delivery.queue
@@ -77,8 +101,18 @@ class Settler:
         except DeliveryLost as exc:
             log.warning("ack not sent", reason=str(exc))
 
-    async def requeue(self, delivery: Delivery) -> None:
+    async def requeue(self, delivery: Delivery, because: str | None = None) -> None:
+        """Put a delivery back in its queue.
+
+        ``because`` names a known cause (a publish that failed); if the message keeps
+        coming back for it, it is dead-lettered under that reason, not as crash-looping.
+        """
         self.stats.requeued += 1
+        message_id = delivery.envelope.message_id
+        if because is not None and message_id:
+            self._requeued_because[message_id] = because
+            if len(self._requeued_because) > REQUEUE_MEMORY:
+                self._requeued_because.popitem(last=False)
         with contextlib.suppress(DeliveryLost):
             await delivery.reject(requeue=True)
 

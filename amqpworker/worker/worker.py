@@ -27,17 +27,20 @@ import os
 import signal
 import socket
 import threading
+import traceback
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from .. import delay
 from ..app import App
 from ..app.client import Client
 from ..app.routing import Destination
 from ..app.task import Request, Task, current_request
 from ..broker import Broker, Delivery
-from ..exceptions import MessageError, NotRegistered, TaskRevokedError
+from ..exceptions import MessageError, NotRegistered, TaskRevokedError, WorkflowError
 from ..log import bound, get_logger, hide_password
 from ..loop import resolved
 from ..wire import ResultMessage, TaskMessage
@@ -107,8 +110,11 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._waiting: set[Delivery] = set()
         self._settling: set[asyncio.Future[bool]] = set()
-        self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
-        self._in_flight: set[tuple[str, int]] = set()
+        #: Tasks that ran here, with the final state their caller was sent (to send again).
+        self._finished: OrderedDict[tuple[str, int], ResultMessage | None] = OrderedDict()
+        #: Tasks running here; a copy that arrives meanwhile waits for the future.
+        self._in_flight: dict[tuple[str, int], asyncio.Future[None]] = {}
+        self._timezone = ZoneInfo(conf.timezone)
         self._threads: TaskThreads | None = None
         self._client: Client | None = None
         self._workflow: Workflow | None = None
@@ -224,9 +230,28 @@ class Worker:
 
     def _on_delivery(self, delivery: Delivery) -> None:
         assert self._loop is not None
-        handler = self._loop.create_task(self._handle(delivery))
+        handler = self._loop.create_task(self._handle_safely(delivery))
         self._handlers.add(handler)
         handler.add_done_callback(self._handlers.discard)
+
+    async def _handle_safely(self, delivery: Delivery) -> None:
+        """No delivery stays unsettled without a task running for it, whatever goes wrong."""
+        try:
+            await self._handle(delivery)
+        except Exception as exc:
+            log.exception("could not handle a delivery", message_id=delivery.envelope.message_id)
+            if delivery.settled:
+                return
+            try:
+                await self._settle.dead_letter(
+                    delivery,
+                    "worker-error",
+                    f"{type(exc).__name__}: {exc}",
+                    exception=traceback.format_exc(),
+                )
+            except Exception:
+                log.exception("could not dead-letter it either; it goes back to its queue")
+                await self._settle.requeue(delivery, "worker-error")
 
     async def _handle(self, delivery: Delivery) -> None:
         self.stats.received += 1
@@ -244,13 +269,14 @@ class Worker:
             finally:
                 self._settling.discard(settling)
         try:
-            message = TaskMessage.decode(delivery.envelope, self.app.serializers, self.accepted)
+            message = TaskMessage.decode(
+                delivery.envelope, self.app.serializers, self.accepted, self._timezone
+            )
         except MessageError as exc:
             await self._tell_caller_it_failed(delivery, exc)
             await self._settle.dead_letter(delivery, exc.reason, str(exc))
             return
-        if self._second_copy(delivery, message):
-            await self._settle.ack(delivery)
+        if await self._settled_as_copy(delivery, message):
             return
         if message.eta is not None and await self._not_yet(delivery, message):
             return
@@ -276,13 +302,16 @@ class Worker:
                 # Its channel closed while it waited: the broker has it again already.
                 log.info("skipping a delivery from a closed channel", task_id=message.id)
                 return
-            if self._second_copy(delivery, message):  # no await from here to _in_flight.add
-                await self._settle.ack(delivery)
+            key = (message.id, message.retries)
+            if key in self._finished or key in self._in_flight:
+                # A copy came in while this one waited: settle it as a copy, once the
+                # other is done (no await from the check above to _in_flight below).
+                await self._settled_as_copy(delivery, message)
                 return
             current = asyncio.current_task()
             assert current is not None
             self._running.add(current)
-            self._in_flight.add((message.id, message.retries))
+            done = self._in_flight[key] = asyncio.get_running_loop().create_future()
             self.stats.running += 1
             try:
                 await self._execute(delivery, message, task)
@@ -291,7 +320,8 @@ class Worker:
             finally:
                 self.stats.running -= 1
                 self._running.discard(current)
-                self._in_flight.discard((message.id, message.retries))
+                del self._in_flight[key]
+                done.set_result(None)
 
     async def _execute(self, delivery: Delivery, message: TaskMessage, task: Task) -> None:
         request = self._request(delivery, message)
@@ -313,18 +343,19 @@ class Worker:
             outcome = await self._run(task, request)
             self._count(task.name, outcome)
             exhausted = request.retries_exhausted and outcome.exception is not None
-            if outcome.retry is None and not exhausted:
-                # It ran: whatever happens to its report or ack, a copy must not run again.
-                self._remember_finished(message)
             await self._flush_states(request)
             if outcome.retry is not None:
                 await self._retry(delivery, message, outcome)
                 return
+            # It ran: whatever happens to its report or ack, a copy must not run again,
+            # and a copy's caller gets this result again.
+            result = outcome.as_result(request)
+            self._remember_finished(message, result)
             if not task.effective_ignore_result and not exhausted:
                 # A result that cannot be sent (the broker is going away) is logged, not
                 # retried by running the task again: a second run is worse than a lost
-                # result message, and the caller's reply queue may be gone too.
-                await self._report_quietly(message, outcome.as_result(request))
+                # result message; a redelivered copy sends it again.
+                await self._report_quietly(message, result)
             if self._workflow is not None and self._workflow.involved(message):
                 # After this task's own state (a caller sees the failing step fail first),
                 # before the ack (a crash continues the workflow again, never not at all).
@@ -332,12 +363,7 @@ class Worker:
                 try:
                     await self._workflow.after(message, request, outcome, delivery.queue)
                 except Exception as exc:
-                    # The next steps must not be lost: run this task again (at least once).
-                    log.error(
-                        "could not continue the workflow; the task will run again", error=str(exc)
-                    )
-                    self._finished.pop((message.id, message.retries), None)
-                    await self._settle.requeue(delivery)
+                    await self._workflow_failed(delivery, message, exc)
                     return
                 finally:
                     current_request.reset(token)
@@ -347,26 +373,55 @@ class Worker:
             if acks_late:
                 await self._settle.ack(delivery)
 
-    def _second_copy(self, delivery: Delivery, message: TaskMessage) -> bool:
-        """Is this a copy of a task this worker ran (among its last ones), or is running?
+    async def _settled_as_copy(self, delivery: Delivery, message: TaskMessage) -> bool:
+        """Settle a copy of a task this worker ran (among its last ones) or is running.
 
         Copies come from an ack or a result lost when the connection dropped (the task
-        comes back), and from the broker's at-least-once dead-lettering in the delay
-        levels around a restart (a fresh message with ``x-death``). Acking a copy instead
-        of running it keeps a broker restart from running tasks twice on this worker.
-        A retry is not a copy: it carries the next retry number.
+        comes back), from the broker's at-least-once dead-lettering in the delay levels
+        around a restart (a fresh message with ``x-death``), and from a channel closed
+        under a running task (RabbitMQ's consumer timeout; the copy comes back counted,
+        without ``x-death``). A task id never runs twice at once here: a copy of a running
+        task waits for it (outside the slots), and then, as a copy of a finished task, is
+        acked with the task's result sent again (the first one may have been lost with
+        the connection). A retry is not a copy: it carries the next retry number.
         """
         key = (message.id, message.retries)
-        copied = "x-death" in delivery.envelope.headers and not delivery.redelivered
-        if key in self._finished or (copied and key in self._in_flight):
-            log.info("acking a second copy of a task that ran here", task_id=message.id)
-            return True
-        return False
+        running = self._in_flight.get(key)
+        if running is not None:
+            log.info("a copy of a running task waits for it", task_id=message.id)
+            await asyncio.shield(running)
+        if key not in self._finished:
+            return False
+        result = self._finished[key]
+        if result is not None and message.reply_to and not message.ignore_result:
+            await self._report_quietly(message, result)
+        log.info("acking a second copy of a task that ran here", task_id=message.id)
+        await self._settle.ack(delivery)
+        return True
 
-    def _remember_finished(self, message: TaskMessage) -> None:
-        self._finished[(message.id, message.retries)] = None
+    def _remember_finished(self, message: TaskMessage, result: ResultMessage | None) -> None:
+        self._finished[(message.id, message.retries)] = result
         if len(self._finished) > FINISHED_MEMORY:
             self._finished.popitem(last=False)
+
+    async def _workflow_failed(
+        self, delivery: Delivery, message: TaskMessage, error: Exception
+    ) -> None:
+        """The task ran, but its workflow cannot go on: never run the task again.
+
+        The caller gets FAILURE for every later result, and the message goes to the
+        DLQ once (``workflow-failed``), where a person can see why.
+        """
+        assert self._workflow is not None
+        failure = WorkflowError(f"the workflow could not continue after {message.task}: {error}")
+        log.error("could not continue the workflow", task_id=message.id, error=str(error))
+        try:
+            await self._workflow.fail_remaining(message, failure, None)
+        except Exception as exc:
+            log.warning("could not tell the caller that its workflow failed", error=str(exc))
+        await self._settle.dead_letter(
+            delivery, "workflow-failed", str(failure), exception=traceback.format_exc()
+        )
 
     async def _join(self, delivery: Delivery, message: TaskMessage) -> None:
         assert self._workflow is not None
@@ -374,7 +429,7 @@ class Worker:
             await self._workflow.join(message, delivery.queue)
         except Exception as exc:
             log.error("chord join failed; it will be tried again", error=str(exc))
-            await self._settle.requeue(delivery)
+            await self._settle.requeue(delivery, "chord-join-failed")
             return
         await self._settle.ack(delivery)
 
@@ -393,11 +448,19 @@ class Worker:
         if wait < 1.0:
             await asyncio.sleep(wait)
             return False
+        if wait > delay.MAX_DELAY:
+            error = ValueError(
+                f"eta {message.eta.isoformat()} is {wait:.0f}s away, past the delay "
+                f"levels' reach of {delay.MAX_DELAY}s"
+            )
+            await self._report_quietly(message, _failed(message, error))
+            await self._settle.dead_letter(delivery, "eta-out-of-range", str(error))
+            return True
         try:
             await self._publish_again(delivery, message)
         except Exception as exc:
             log.error("could not delay the message again; requeueing it", error=str(exc))
-            await self._settle.requeue(delivery)
+            await self._settle.requeue(delivery, "delay-not-published")
             return True
         await self._settle.ack(delivery)
         return True
@@ -415,7 +478,8 @@ class Worker:
         assert retry is not None
         now = dt.datetime.now(dt.timezone.utc)
         if isinstance(retry.when, dt.datetime):
-            eta = retry.when if retry.when.tzinfo else retry.when.replace(tzinfo=dt.timezone.utc)
+            # A naive datetime is in the app's time zone, as everywhere else.
+            eta = retry.when if retry.when.tzinfo else retry.when.replace(tzinfo=self._timezone)
         else:
             eta = now + dt.timedelta(seconds=float(retry.when or 0))
         again = replace(
@@ -427,10 +491,20 @@ class Worker:
         )
         try:
             await self._publish_again(delivery, again)
+        except (TypeError, ValueError) as exc:
+            # Not the broker's fault (an eta past the delay levels' reach): it never will.
+            failed = _failed(message, exc)
+            self._remember_finished(message, failed)
+            await self._report_quietly(message, failed)
+            await self._settle.dead_letter(
+                delivery, "retry-not-published", f"the retry cannot be published: {exc}"
+            )
+            return
         except Exception as exc:
             log.error("could not publish the retry; the message goes back", error=str(exc))
-            await self._settle.requeue(delivery)
+            await self._settle.requeue(delivery, "retry-not-published")
             return
+        self._remember_finished(message, None)  # the retry is out: this copy is done
         await self._report_quietly(
             message,
             ResultMessage(

@@ -69,16 +69,30 @@ class Workflow:
         exception = outcome.exception
         assert exception is not None
         await self.run_errbacks(message.errbacks, request, exception, outcome.traceback or "")
-        if message.chain and message.reply_to:
-            # The chain stops here; its remaining results fail with this exception, so
-            # the caller's get() on the last one raises instead of waiting forever.
-            ids = [task_id for step in message.chain for task_id in result_ids(step)]
-            failed = exception_to_data(exception)
-            for task_id in ids:
-                await self.client.publish_result(
-                    message.reply_to,
-                    ResultMessage(task_id, FAILURE, failed, outcome.traceback, now_iso()),
-                )
+        await self.fail_remaining(message, exception, outcome.traceback, chord_body=False)
+
+    async def fail_remaining(
+        self,
+        message: TaskMessage,
+        exception: BaseException,
+        traceback: str | None,
+        chord_body: bool = True,
+    ) -> None:
+        """The workflow stops here: its later results fail with ``exception``.
+
+        So the caller's ``get()`` on the last one raises instead of waiting forever.
+        The chord body's results are included when the chord will not fire either.
+        """
+        if not message.reply_to:
+            return
+        steps = list(message.chain)
+        if chord_body and message.chord:
+            steps = [message.chord["body"], *message.chord.get("then", []), *steps]
+        failed = exception_to_data(exception)
+        for task_id in [task_id for step in steps for task_id in result_ids(step)]:
+            await self.client.publish_result(
+                message.reply_to, ResultMessage(task_id, FAILURE, failed, traceback, now_iso())
+            )
 
     async def run_errbacks(
         self,

@@ -42,21 +42,23 @@ def test_worker_reconnects_and_resumes_consuming(
     assert proxy.connections > before, "the worker opened new connections"
 
 
-def test_delivery_from_a_dead_channel_is_never_acked_on_the_new_one(
+def test_a_task_redelivered_while_it_runs_is_not_started_again(
     app: App, worker_app: App, proxy: CuttableProxy, start_worker, tmp_path, admin, queue: str
 ) -> None:
     running = start_worker(worker_app, concurrency=2)
-    result = app.send_task(WAIT, (str(tmp_path), "job"), {"release_after": 2})
+    result = app.send_task(WAIT, (str(tmp_path), "job"))
     wait_for(lambda: (tmp_path / "job.run1").exists(), 10, "the first run")
     proxy.cut()
-    # The broker requeues the unacked message; the reconnected worker runs it again.
-    assert result.get(timeout=30) == 2
-    # Now let the first run finish: its ack must not go out on the new channel (which
-    # would ack a different message or close the channel with an unknown delivery tag).
+    # The broker takes the unacked message back and delivers it again (counted: the
+    # worker republishes it with its delivery count, so it arrives a third time).
+    wait_for(lambda: running.worker.stats.received >= 3, 30, "the copy to come back")
+    assert not (tmp_path / "job.run2").exists(), "a running task id was started again"
+    # The first run finishes: its ack cannot go out on the new channel (it would ack a
+    # different message, or close the channel with an unknown delivery tag); the copy
+    # that waited for it is acked instead, and the caller gets the first run's result.
     (tmp_path / "job.release").write_text("go")
+    assert result.get(timeout=30) == 1
     wait_for(lambda: running.worker.stats.running == 0, 10, "the first run to end")
     assert app.send_task(ADD, (3, 3)).get(timeout=10) == 6
-    assert not (tmp_path / "job.run3").exists()
-    # The stale first run's late result does not change the answer the caller already has.
-    assert result.get(timeout=1) == 2
-    assert admin.message_count(queue) == 0
+    assert not (tmp_path / "job.run2").exists()
+    wait_for(lambda: admin.message_count(queue) == 0, 10, "the copy to be acked")

@@ -54,7 +54,7 @@ from .consumer import (
     envelope_from,
 )
 from .declare import declare_queue
-from .headers import encodable
+from .headers import encodable, guard_deep_tables
 
 log = get_logger(__name__)
 
@@ -62,6 +62,9 @@ log = get_logger(__name__)
 PROBE_CHANNELS = (30000, 65000)
 #: Seconds between reconnection attempts; short, because a worker without a broker idles.
 RECONNECT_INTERVAL = 1.0
+#: RabbitMQ's default frame size, and what a content header frame adds to the properties.
+DEFAULT_FRAME_MAX = 131_072
+FRAME_OVERHEAD = 8 + 12
 #: How long a caller's reply queue outlives its consumer (a cut connection, a crash).
 REPLY_QUEUE_EXPIRES_MS = 300_000
 #: Replies on their way to a caller at once (they are handled at once, on its loop).
@@ -98,6 +101,7 @@ class Broker:
         connect_timeout: float = 10.0,
         publish_timeout: float = 10.0,
     ) -> None:
+        guard_deep_tables()
         self.urls = list(urls)
         self.name = name
         self.heartbeat = heartbeat
@@ -393,6 +397,19 @@ class Broker:
             envelope.message_id,
             blocked=blocked,
         )
+
+    def fits_in_a_frame(self, envelope: Envelope) -> bool:
+        """Whether the message's properties fit the connection's frame size.
+
+        A content header cannot be split over frames, and RabbitMQ closes the whole
+        connection over one that is too large. Costs an encoding: not for the hot path.
+        """
+        transport = self._connection.transport if self._connection is not None else None
+        tune = getattr(getattr(transport, "connection", None), "connection_tune", None)
+        frame_max = getattr(tune, "frame_max", None) or DEFAULT_FRAME_MAX
+        table, _ = encodable(envelope.headers)
+        properties = properties_of(replace(envelope, headers=table))
+        return len(properties.marshal()) + FRAME_OVERHEAD <= frame_max
 
     def is_blocked(self) -> bool:
         """True while the broker has blocked this connection (``connection.blocked``).

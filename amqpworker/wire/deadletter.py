@@ -22,6 +22,8 @@ DEAD_AT = "x-amqpworker-dead-at"
 EXCEPTION = "x-amqpworker-exception"
 #: How many times a message has been delivered, as counted by workers (classic queues).
 DELIVERIES = "x-amqpworker-deliveries"
+#: The only header of a message whose header table could not be decoded (too deep).
+UNDECODABLE_HEADERS = "x-amqpworker-undecodable-headers"
 #: Why a worker last put the message back on purpose (a publish that failed, ...).
 REQUEUED_BECAUSE = "x-amqpworker-requeued-because"
 

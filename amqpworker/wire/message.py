@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import MalformedMessage, MessageError
-from .deadletter import fresh_headers
+from .deadletter import UNDECODABLE_HEADERS, fresh_headers
 from .serializers import Serializer, SerializerRegistry, json_default
 
 PROTOCOL_VERSION = 1
@@ -205,6 +205,8 @@ class TaskMessage:
         timezone: dt.tzinfo,
     ) -> TaskMessage:
         headers = envelope.headers
+        if UNDECODABLE_HEADERS in headers:
+            raise MalformedMessage(str(headers[UNDECODABLE_HEADERS]))
         task = headers.get("task") or envelope.type
         if not isinstance(task, str) or not task:
             raise MalformedMessage("header 'task' is missing or not a string")

@@ -141,6 +141,15 @@ class Settler:
         )
         copy = replace(envelope, headers=headers)
         broker = self.broker
+        if not broker.fits_in_a_frame(copy):
+            # Its own headers nearly fill a frame: the reason alone, else the broker's
+            # own dead-lettering (x-death says "rejected"), which needs no new frame.
+            copy = replace(envelope, headers={**envelope.headers, deadletter.REASON: reason})
+            if not broker.fits_in_a_frame(copy):
+                log.warning("headers too large to copy; rejecting into the DLQ instead")
+                with contextlib.suppress(DeliveryLost):
+                    await delivery.reject(requeue=False)
+                return
         try:
             await broker.publish(copy, "", dlq_name(delivery.queue))
         except Exception as first:

@@ -129,3 +129,55 @@ def _count_or_zero(admin, queue: str) -> int:
         return admin.message_count(queue)
     except Exception:
         return 0
+
+
+class _RawBytes(str):
+    """A header value pamqp writes as a long string of these bytes, valid UTF-8 or not."""
+
+    def __new__(cls, raw: bytes) -> _RawBytes:
+        made = super().__new__(cls, "raw")
+        made.raw = raw  # type: ignore[attr-defined]
+        return made
+
+    def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+        return self.raw  # type: ignore[attr-defined,no-any-return]
+
+
+def test_header_that_is_not_utf8_is_dead_lettered_once_with_its_bytes(
+    app: App, admin, queue: str, start_worker
+) -> None:
+    raw = b"\xff\xfe\xfd" * 100
+    running = start_worker(app)
+    admin.publish_raw(
+        queue,
+        _raw({"task": _RawBytes(raw), "id": "utf", "note": _RawBytes(b"\xc3\x28")}, b"[[], {}]"),
+    )
+
+    wait_for(lambda: admin.message_count(f"{queue}.dlq") == 1, 10, "the dead-lettered message")
+    assert app.tasks["tests.integration.sample_app.add"].delay(2, 3).get(timeout=10) == 5
+    [message] = admin.get_all(f"{queue}.dlq")
+    assert message.headers["x-amqpworker-reason"] == "malformed"
+    assert message.headers["task"] == raw  # every byte kept, as an AMQP byte array
+    assert message.headers["note"] == b"\xc3\x28"
+    assert sorted(message.headers["x-amqpworker-rewritten-headers"]) == ["note", "task"]
+    assert message.body == b"[[], {}]"
+    # Dead-lettered once: not put back and redelivered over and over.
+    assert running.worker.stats.dead_lettered == 1
+    assert running.worker.stats.requeued == 0
+    assert admin.message_count(queue) == 0
+
+
+def test_deeply_nested_headers_are_dead_lettered_and_do_not_stall_the_worker(
+    app: App, admin, queue: str, start_worker
+) -> None:
+    running = start_worker(app, concurrency=1, prefetch_multiplier=1)
+    nested = "[" * 10_000 + "]" * 10_000
+    for index in range(4):  # more than the worker's prefetch of 1
+        headers = {"task": "tests.integration.sample_app.add", "id": f"deep{index}"}
+        admin.publish_raw(queue, _raw({**headers, "chain": nested}, b"[[1, 2], {}]"))
+
+    wait_for(lambda: admin.message_count(f"{queue}.dlq") == 4, 15, "four dead-lettered messages")
+    assert app.tasks["tests.integration.sample_app.add"].delay(2, 3).get(timeout=10) == 5
+    reasons = {m.headers["x-amqpworker-reason"] for m in admin.get_all(f"{queue}.dlq")}
+    assert reasons == {"malformed"}
+    assert running.worker.stats.dead_lettered == 4

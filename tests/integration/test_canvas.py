@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from amqpworker import App, GroupResult, chain, chord, group, states
+from amqpworker.exceptions import PublishError, WorkflowError
 
 from .conftest import wait_for
 
@@ -213,3 +214,59 @@ def test_a_datetime_eta_travels_in_a_workflow_header(app: App, start_worker) -> 
     soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(milliseconds=300)
     result = (t(app, "add").s(1, 1) | t(app, "add").s(1).set(eta=soon)).apply_async()
     assert result.get(timeout=10) == 3
+
+
+def test_task_signature_with_immutable_sets_the_flag(app: App, start_worker) -> None:
+    start_worker(app)
+    add = t(app, "add")
+    workflow = add.s(2, 2) | add.signature(args=(5, 5), immutable=True)
+    assert workflow.apply_async().get(timeout=10) == 10
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"no_such_option": 1}, TypeError),
+        ({"countdown": 2**29}, ValueError),
+        ({"exchange": "amqpworker-test-no-such-exchange"}, PublishError),
+    ],
+)
+def test_every_step_of_a_chain_is_checked_when_it_is_sent(
+    app: App, start_worker, tmp_path: Path, options: dict, error: type
+) -> None:
+    start_worker(app)
+    first = t(app, "touch").si(str(tmp_path / "ran"))
+    with pytest.raises(error):
+        (first | t(app, "add").signature(args=(1, 1), immutable=True, **options)).apply_async()
+    assert not (tmp_path / "ran").exists(), "no step ran"
+
+
+def test_a_step_whose_next_step_cannot_be_sent_is_not_run_again(
+    app: App, start_worker, tmp_path: Path, admin, queue: str
+) -> None:
+    exchange = admin.new_exchange()
+
+    async def declare(channel) -> None:  # type: ignore[no-untyped-def]
+        await channel.declare_exchange(exchange, "direct")
+
+    async def delete(channel) -> None:  # type: ignore[no-untyped-def]
+        await channel.exchange_delete(exchange)
+
+    admin.run(admin._with_channel(declare))
+    running = start_worker(app)
+    first = t(app, "record_and_wait").si(str(tmp_path), "first")
+    then = t(app, "add").signature(args=(1, 1), immutable=True, exchange=exchange)
+    result = (first | then).apply_async()
+    wait_for(lambda: (tmp_path / "first.run1").exists(), 10, "the first step to start")
+    admin.run(admin._with_channel(delete))  # the next step can no longer be sent
+    (tmp_path / "first.release").write_text("go")
+
+    with pytest.raises(WorkflowError, match="could not continue"):
+        result.get(timeout=15)
+    assert result.parent.get(timeout=5) == 1  # the first step's own result stands
+    wait_for(lambda: admin.message_count(f"{queue}.dlq") == 1, 10, "the dead-lettered step")
+    [dead] = admin.get_all(f"{queue}.dlq")
+    assert dead.headers["x-amqpworker-reason"] == "workflow-failed"
+    assert admin.message_count(queue) == 0
+    assert sorted(p.name for p in tmp_path.glob("first.run*")) == ["first.run1"]
+    assert running.worker.stats.requeued == 0

@@ -20,6 +20,8 @@ class CuttableProxy:
         self._server: asyncio.AbstractServer | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.connections = 0
+        #: While set, new connections are closed at once: the broker looks unreachable.
+        self.refusing = False
 
     def start(self) -> CuttableProxy:
         self._thread.start()
@@ -37,6 +39,9 @@ class CuttableProxy:
         return urlunsplit(self._parts._replace(netloc=f"{credentials}127.0.0.1:{port}"))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
         self.connections += 1
         up_reader, up_writer = await asyncio.open_connection(*self._target)
         self._writers.update({writer, up_writer})

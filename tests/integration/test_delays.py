@@ -11,9 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import aio_pika
 import pytest
 
-from amqpworker import App, states
+from amqpworker import App, AsyncResult, states
 from amqpworker import delay as delay_names
 from amqpworker.exceptions import MaxRetriesExceededError, TaskRevokedError
 
@@ -179,3 +180,36 @@ def test_a_vanished_destination_does_not_hold_up_other_delays(
     start_worker(app)
     sent = time.time()
     assert app.tasks[CLOCK].apply_async(countdown=2).get(timeout=15) - sent < 2 + 3
+
+
+def test_a_delay_past_the_levels_reach_is_refused_when_published(app: App) -> None:
+    with pytest.raises(ValueError, match="past the longest delay"):
+        app.tasks["tests.integration.sample_app.add"].apply_async((1, 1), countdown=2**29)
+
+
+def test_an_eta_past_the_levels_reach_is_dead_lettered_and_its_caller_told(
+    app: App, admin, queue: str, start_worker
+) -> None:
+    running = start_worker(app)
+    reply_to = app.portal.call(app.portal_client().reply_to())
+    admin.publish_raw(
+        queue,
+        aio_pika.Message(
+            body=b"[[1, 1], {}]",
+            headers={
+                "task": "tests.integration.sample_app.add",
+                "id": "far",
+                "eta": "2100-01-01T00:00:00+00:00",  # from a producer that did not check
+            },
+            content_type="application/json",
+            correlation_id="far",
+            reply_to=reply_to,
+        ),
+    )
+
+    with pytest.raises(ValueError, match="past the delay levels' reach"):
+        AsyncResult("far", app=app).get(timeout=10)
+    wait_for(lambda: admin.message_count(f"{queue}.dlq") == 1, 10, "the dead-lettered message")
+    [dead] = admin.get_all(f"{queue}.dlq")
+    assert dead.headers["x-amqpworker-reason"] == "eta-out-of-range"
+    assert running.worker.stats.requeued == 0

@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 import structlog
 
-_PASSWORD_IN_URL = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+#: The password runs to the last "@" of the URL (a password may hold "@" or "/"); a URL
+#: ends at white space, ";" or "," (how several broker URLs are written).
+_PASSWORD_IN_URL = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s;,]*:)[^\s;,]*@", re.IGNORECASE)
 
 
 def hide_password(text: str) -> str:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -133,7 +135,7 @@ class Broker:
                     client_properties={"connection_name": self.name},
                 )
             except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError) as exc:
-                errors.append(f"{hide_password(url)}: {exc or type(exc).__name__}")
+                errors.append(f"{hide_password(url)}: {_why_not_connected(url, exc, self)}")
                 continue
             self.url = url
             channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -510,3 +512,22 @@ class Broker:
         if self._publisher is None:
             raise BrokerUnavailable("not connected; call connect() first")
         return self._publisher
+
+
+def _why_not_connected(url: str, exc: BaseException, broker: Broker) -> str:
+    """A connect failure in words: aiormq's own text can be empty or an object's repr."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return (
+            f"no AMQP handshake within {broker.connect_timeout}s (the host may be "
+            "unreachable, or the port is not a RabbitMQ AMQP port)"
+        )
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+        vhost = unquote(urlsplit(url).path[1:]) or "/"
+        return (
+            f"the broker refused to open virtual host {vhost!r} (it does not exist, or "
+            "this user has no access to it)"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+        return "connection refused (is RabbitMQ running and listening on that port?)"
+    text = str(exc.args[-1]) if isinstance(exc, OSError) and exc.args else str(exc)
+    return text or type(exc).__name__

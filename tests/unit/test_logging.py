@@ -28,6 +28,10 @@ Configure = Callable[..., AbstractContextManager[None]]
         ("amqp://guest@localhost//", "amqp://guest@localhost//"),
         ("amqp://localhost:5672//", "amqp://localhost:5672//"),
         ("no url here", "no url here"),
+        ("amqp://u:p@ss@host:5672//", "amqp://u:****@host:5672//"),
+        ("amqp://u:a@b@c@host/v", "amqp://u:****@host/v"),
+        ("amqp://u:a/b@host//", "amqp://u:****@host//"),
+        ("amqp://a:x@y@h1//;amqp://b:z@h2//", "amqp://a:****@h1//;amqp://b:****@h2//"),
     ],
 )
 def test_hide_password(text: str, expected: str) -> None:

@@ -7,6 +7,7 @@ import json
 import pickle
 from dataclasses import replace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgpack
 import pytest
@@ -272,12 +273,23 @@ def test_decode_falls_back_to_properties_for_name_and_id(serializers: Serializer
     assert got.retries == 0
 
 
-def test_decode_naive_times_are_utc(serializers: SerializerRegistry) -> None:
+def test_decode_naive_times_are_utc_by_default(serializers: SerializerRegistry) -> None:
     envelope = with_headers(serializers, eta="2030-01-02T03:04:05")
 
     got = TaskMessage.decode(envelope, serializers, accepted(serializers))
 
     assert got.eta == dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_decode_naive_times_are_in_the_given_time_zone(serializers: SerializerRegistry) -> None:
+    """The worker passes the app's ``timezone``: the same rule as when publishing."""
+    envelope = with_headers(serializers, eta="2030-01-02T03:04:05", expires="2030-01-02T04:00:00")
+    paris = ZoneInfo("Europe/Paris")
+
+    got = TaskMessage.decode(envelope, serializers, accepted(serializers), paris)
+
+    assert got.eta == dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=paris)
+    assert got.expires == dt.datetime(2030, 1, 2, 4, 0, 0, tzinfo=paris)
 
 
 def test_decode_keeps_user_headers_only(serializers: SerializerRegistry) -> None:

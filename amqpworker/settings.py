@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     # Broker and results
     broker_url: Annotated[list[str], NoDecode] = Field(default=[DEFAULT_BROKER_URL])
     broker_connection_timeout: Annotated[float, Field(gt=0)] = 10.0
-    broker_heartbeat: Annotated[int, Field(ge=0)] = 60
+    #: Seconds; RabbitMQ's guidance is 5 to 20. A frozen or cut-off worker's unacked
+    #: messages come back after about three of these (0 turns heartbeats off).
+    broker_heartbeat: Annotated[int, Field(ge=0)] = 10
     result_backend: str = "rpc://"
     result_serializer: str = "json"
     result_expires: Annotated[float, Field(gt=0)] = 86400.0

@@ -107,6 +107,7 @@ class RabbitNode:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         config: str = "",
+        advanced: str = "",
     ) -> None:
         """Prepare (but do not start) a node.
 
@@ -115,6 +116,8 @@ class RabbitNode:
             start_timeout: bound on :meth:`start`.
             stop_timeout: bound on the graceful part of :meth:`stop`.
             config: extra lines for its ``rabbitmq.conf``.
+            advanced: its ``advanced.config`` (Erlang terms), for settings
+                ``rabbitmq.conf`` cannot set, such as ``channel_tick_interval``.
         """
         self.sbin = find_sbin()
         self.name = f"{prefix}-{uuid.uuid4().hex[:10]}@localhost"
@@ -142,11 +145,11 @@ class RabbitNode:
                     HOW_TO_GET_RABBITMQ.format(reason=f"no {SERVICE_USER!r} user to run it as")
                 ) from None
             self._user = (entry.pw_uid, entry.pw_gid)
-        self._write_files(config)
+        self._write_files(config, advanced)
 
     # Files and environment.
 
-    def _write_files(self, extra_config: str) -> None:
+    def _write_files(self, extra_config: str, advanced: str) -> None:
         (self.dir / "mnesia").mkdir()
         (self.dir / "log").mkdir()
         (self.dir / "rabbitmq.conf").write_text(
@@ -156,6 +159,8 @@ class RabbitNode:
             "disk_free_limit.absolute = 50MB\n" + extra_config + "\n"
         )
         (self.dir / "enabled_plugins").write_text("[].\n")
+        if advanced:
+            (self.dir / "advanced.config").write_text(advanced + "\n")
         (self.dir / "rabbitmq-env.conf").write_text("# private node: no system settings\n")
         cookie = self.dir / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16).upper())

@@ -32,6 +32,7 @@ from .routing import Destination
 if TYPE_CHECKING:
     from .app import App
     from .client import Client
+    from .publisher import Publisher
     from .task import Task
 
 #: Options that steer the workflow; they become message fields, not publish options.
@@ -563,12 +564,12 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-async def publish(app: App, client: Client, work: Plan) -> None:
+async def publish(app: App, publisher: Publisher, work: Plan) -> None:
     """Declare the plan's chords, then publish its messages in one confirmed batch."""
     for chord_id in work.chords:
-        await client.declare_chord(chord_id)
+        await publisher.declare_chord(chord_id)
     if work.messages:
-        await client.publish_tasks(work.messages)
+        await publisher.publish_tasks(work.messages)
 
 
 def result_ids(data: Mapping[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ alike, and reads as an empty eager request outside a worker.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import inspect
 import random
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
+from ..wire import TaskMessage
 from ..wire.results import PROGRESS, ResultMessage, now_iso
 
 if TYPE_CHECKING:
@@ -70,6 +72,32 @@ class Request:
     retries_exhausted: bool = False
     publish_state: Callable[[ResultMessage], None] | None = field(default=None, repr=False)
 
+    @classmethod
+    def from_message(cls, message: TaskMessage, **worker: Any) -> Request:
+        """The request a worker runs ``message`` under; ``worker`` adds what it knows.
+
+        Every message field with a Request field of the same name is copied, so a new
+        header a task should see needs only that field here.
+        """
+        values = {name: getattr(message, name) for name in _SHARED_FIELDS}
+        values.update(
+            group=message.group_id,
+            correlation_id=message.id,
+            eta=message.eta.isoformat() if message.eta else None,
+            expires=message.expires.isoformat() if message.expires else None,
+            is_eager=False,
+        )
+        values.update(worker)
+        return cls(**values)
+
+
+#: Fields copied by name from a TaskMessage (eta and expires are ISO strings here).
+_SHARED_FIELDS = tuple(
+    sorted(
+        {f.name for f in dataclasses.fields(Request)}
+        & {f.name for f in dataclasses.fields(TaskMessage)} - {"eta", "expires"}
+    )
+)
 
 current_request: ContextVar[Request | None] = ContextVar("amqpworker_request", default=None)
 

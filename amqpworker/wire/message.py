@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,16 @@ from .serializers import Serializer, SerializerRegistry, json_default
 PROTOCOL_VERSION = 1
 PROTOCOL_HEADER = "x-amqpworker-protocol"
 
+#: Headers left out when null: (header, TaskMessage field, kind). A new header of this
+#: sort is a field on TaskMessage and a line here (and, for a task to read it as
+#: ``self.request.<field>``, a field of the same name on Request).
+OPTIONAL_HEADERS: tuple[tuple[str, str, str], ...] = (
+    ("parent_id", "parent_id", "str"),
+    ("group", "group_id", "str"),
+    ("group_index", "group_index", "int"),
+    ("eta", "eta", "time"),
+    ("expires", "expires", "time"),
+)
 #: Headers written by amqpworker itself; everything else in ``headers`` is the user's.
 CORE_HEADERS = frozenset(
     {
@@ -33,11 +43,8 @@ CORE_HEADERS = frozenset(
         "task",
         "id",
         "root_id",
-        "parent_id",
-        "group",
+        *(header for header, _, _ in OPTIONAL_HEADERS),
         "retries",
-        "eta",
-        "expires",
         "timelimit",
         "argsrepr",
         "kwargsrepr",
@@ -126,16 +133,10 @@ class TaskMessage:
         )
         # Absent rather than null: every header costs encoding on both sides, and a
         # decoder (ours, Celery's) reads a missing one as null.
-        if self.parent_id is not None:
-            headers["parent_id"] = self.parent_id
-        if self.group_id is not None:
-            headers["group"] = self.group_id
-        if self.group_index is not None:
-            headers["group_index"] = self.group_index
-        if self.eta is not None:
-            headers["eta"] = self.eta.isoformat()
-        if self.expires is not None:
-            headers["expires"] = self.expires.isoformat()
+        for header, name, kind in OPTIONAL_HEADERS:
+            value = getattr(self, name)
+            if value is not None:
+                headers[header] = value.isoformat() if kind == "time" else value
         if self.time_limit is not None or self.soft_time_limit is not None:
             headers["timelimit"] = [self.time_limit, self.soft_time_limit]
         for name in CANVAS_HEADERS:
@@ -234,17 +235,12 @@ class TaskMessage:
             kwargs=kwargs,
             id=task_id,
             root_id=_optional_str(headers, "root_id"),
-            parent_id=_optional_str(headers, "parent_id"),
-            group_id=_optional_str(headers, "group"),
             retries=retries,
-            eta=_optional_time(headers, "eta", timezone),
-            expires=_optional_time(headers, "expires", timezone),
             time_limit=hard,
             soft_time_limit=soft,
             reply_to=envelope.reply_to or None,
             priority=envelope.priority,
             ignore_result=headers.get("ignore_result") is True,
-            group_index=_optional_int(headers, "group_index"),
             callbacks=_canvas(headers, "callbacks", list),
             errbacks=_canvas(headers, "errbacks", list),
             chain=_canvas(headers, "chain", list),
@@ -252,6 +248,10 @@ class TaskMessage:
             # Delivery history (x-death, our counters) stays behind: a retry or replay
             # that carried x-death could be dropped by RabbitMQ's dead-letter cycle check.
             headers=fresh_headers({k: v for k, v in headers.items() if k not in CORE_HEADERS}),
+            **{
+                name: _READERS[kind](headers, header, timezone)
+                for header, name, kind in OPTIONAL_HEADERS
+            },
         )
 
 
@@ -267,14 +267,14 @@ def _split_body(payload: Any) -> tuple[list[Any], dict[str, Any]]:
     return list(args), kwargs
 
 
-def _optional_str(headers: Mapping[str, Any], name: str) -> str | None:
+def _optional_str(headers: Mapping[str, Any], name: str, _: Any = None) -> str | None:
     value = headers.get(name)
     if value is None or isinstance(value, str):
         return value
     raise MalformedMessage(f"header {name!r} must be a string, not {type(value).__name__}")
 
 
-def _optional_int(headers: Mapping[str, Any], name: str) -> int | None:
+def _optional_int(headers: Mapping[str, Any], name: str, _: Any = None) -> int | None:
     value = headers.get(name)
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
@@ -337,6 +337,13 @@ def _optional_time(
     else:
         raise MalformedMessage(f"header {name!r} must be an ISO 8601 string")
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone)
+
+
+_READERS: dict[str, Callable[[Mapping[str, Any], str, dt.tzinfo], Any]] = {
+    "str": _optional_str,
+    "int": _optional_int,
+    "time": _optional_time,
+}
 
 
 def _time_limits(value: Any) -> tuple[float | None, float | None]:

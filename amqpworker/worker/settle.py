@@ -19,7 +19,7 @@ from ..topology import QueueSpec, Topology, dlq_name
 from ..wire import deadletter
 
 if TYPE_CHECKING:
-    from .worker import WorkerStats
+    from .stats import WorkerStats
 
 log = get_logger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..app import App
 from ..app.canvas import Plan, from_dict, plan, publish, result_ids
-from ..app.client import Client
+from ..app.publisher import Publisher
 from ..app.results import rebuild_exception
 from ..app.routing import Destination
 from ..app.task import Request
@@ -37,11 +37,11 @@ JOIN_RETRY_DELAY = 2.0
 
 
 class Workflow:
-    """Continues workflows for one worker: its app, and its publishing client."""
+    """Continues workflows for one worker: its app, and its publisher."""
 
-    def __init__(self, app: App, client: Client) -> None:
+    def __init__(self, app: App, publisher: Publisher) -> None:
         self.app = app
-        self.client = client
+        self.publisher = publisher
 
     def involved(self, message: TaskMessage) -> bool:
         return bool(message.callbacks or message.errbacks or message.chain or message.chord)
@@ -63,7 +63,7 @@ class Workflow:
         if message.chain:
             step, *rest = message.chain
             work.extend(plan(self.app, from_dict(step, self.app), [value], rest))
-        await publish(self.app, self.client, work)
+        await publish(self.app, self.publisher, work)
 
     async def _failed(self, message: TaskMessage, request: Request, outcome: Outcome) -> None:
         exception = outcome.exception
@@ -90,7 +90,7 @@ class Workflow:
             steps = [message.chord["body"], *message.chord.get("then", []), *steps]
         failed = exception_to_data(exception)
         for task_id in [task_id for step in steps for task_id in result_ids(step)]:
-            await self.client.publish_result(
+            await self.publisher.publish_result(
                 message.reply_to, ResultMessage(task_id, FAILURE, failed, traceback, now_iso())
             )
 
@@ -110,7 +110,7 @@ class Workflow:
             signature = from_dict(data, self.app)
             task = self.app.get_task(signature.name)
             if task is None:
-                await publish(self.app, self.client, plan(self.app, signature, [request.id]))
+                await publish(self.app, self.publisher, plan(self.app, signature, [request.id]))
                 continue
             try:
                 args = (request, exception, traceback, *signature.args)
@@ -137,7 +137,9 @@ class Workflow:
             message.task,
         )
         serializer = self.app.serializers.get(self.app.conf.result_serializer)
-        await chord.record(self.client.broker, info["id"], info["index"], result.encode(serializer))
+        await chord.record(
+            self.publisher.broker, info["id"], info["index"], result.encode(serializer)
+        )
         join = TaskMessage(
             task=JOIN_TASK,
             args=(info["id"], info["size"], info["body"], info.get("then", [])),
@@ -154,7 +156,7 @@ class Workflow:
         async def fire(results: list[Any]) -> Sequence[Outgoing]:
             return await self._fire(results, body, then, failure)
 
-        outcome = await chord.join(self.client.broker, chord_id, size, fire)
+        outcome = await chord.join(self.publisher.broker, chord_id, size, fire)
         if outcome is chord.Join.BUSY:
             if message.retries >= JOIN_RETRIES:
                 log.error("giving up a chord join: its queue stayed busy", chord_id=chord_id)
@@ -191,8 +193,8 @@ class Workflow:
         if failed is None:
             work = plan(self.app, from_dict(body, self.app), [[r.result for r in results]], then)
             for chord_id in work.chords:
-                await self.client.declare_chord(chord_id)
-            return await self.client.outgoing(work.messages)
+                await self.publisher.declare_chord(chord_id)
+            return await self.publisher.outgoing(work.messages)
         # A header task failed: the body does not run; its caller and later steps fail.
         failure.append((failed, body))
         reply_to = (body.get("options") or {}).get("reply_to")
@@ -214,4 +216,4 @@ class Workflow:
     async def _publish_to(self, queue: str, message: TaskMessage) -> None:
         serializer = self.app.serializers.get("json")
         destination = Destination("", queue, queue, message.priority)
-        await self.client.publish_tasks([(message, destination, serializer)])
+        await self.publisher.publish_tasks([(message, destination, serializer)])

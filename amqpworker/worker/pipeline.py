@@ -1,0 +1,86 @@
+"""A delivery's way through a worker: an ordered list of small steps.
+
+Each step is a callable ``step(job, proceed)`` that does its part and either hands the
+job on (``await proceed(job)``), possibly doing more when that returns, or stops there.
+A step that stops says how the delivery ends in ``job.ending``; the
+:class:`~.steps.acks.Acknowledge` step near the front carries that out, so settling
+is decided in one place. ``amqpworker/worker/steps/`` has one module per step, and
+:func:`~.steps.default_steps` their order.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..app.task import Request, Task
+from ..broker import Delivery
+from ..wire import TaskMessage
+from .execution import Outcome
+
+Proceed = Callable[["Job"], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """End the delivery with an ack (the default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Put it back in its queue, for a reason that is not the task's fault."""
+
+    because: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Copy it into ``<queue>.dlq`` with the reason, then ack it."""
+
+    reason: str
+    detail: str
+    exception: str | None = None
+
+
+#: ``None``: a step settled the delivery itself (or must not: the broker has it again).
+Ending = Ack | Requeue | DeadLetter | None
+ACK = Ack()
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One delivery on its way; each step fills in what the later ones need."""
+
+    delivery: Delivery
+    ending: Ending = ACK
+    #: Set by the decode step.
+    message: TaskMessage = field(init=False)
+    #: Set by the lookup step.
+    task: Task = field(init=False)
+    #: Set when the job is admitted to run.
+    request: Request = field(init=False)
+    #: Set by the execute step once the task ran.
+    outcome: Outcome | None = None
+
+    @property
+    def retrying(self) -> bool:
+        """The task asked to run again later: its result is not final."""
+        return self.outcome is not None and self.outcome.retry is not None
+
+
+class Step(Protocol):
+    async def __call__(self, job: Job, proceed: Proceed) -> None: ...
+
+
+def compose(steps: Sequence[Step]) -> Proceed:
+    """One callable that runs a job through ``steps`` in order."""
+
+    async def end(job: Job) -> None:
+        return None
+
+    handler: Proceed = end
+    for step in reversed(steps):
+        handler = functools.partial(step, proceed=handler)
+    return handler

@@ -1,0 +1,71 @@
+"""The steps a delivery passes through, one module each; :func:`default_steps` orders them.
+
+Outermost first. Steps up to ``Lookup`` decide whether and when the message runs at
+all; ``Slots`` admits it to run; the steps after it wrap the run itself, and those that
+act after it (``Retries``, ``Report``, ``ContinueWorkflow``) do so innermost first, so
+the order after a run is: retry, result, workflow, then the ending.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ...app import App
+from ...app.publisher import Publisher
+from ...topology import QueueSpec
+from ..pipeline import Step
+from ..pool import TaskThreads
+from ..settle import Settler
+from ..stats import WorkerStats
+from ..workflow import Workflow
+from .acks import Acknowledge
+from .continuation import ContinueWorkflow
+from .copies import Copies, Ledger
+from .decode import Decode
+from .eta import Eta
+from .execute import Execute
+from .expiry import Expiry
+from .guard import Guard
+from .joins import Joins
+from .lookup import Lookup
+from .redeliveries import Redeliveries
+from .results import Report, Reporter
+from .retries import Retries
+from .slots import Slots
+
+__all__ = ["Ledger", "Redeliveries", "Slots", "default_steps"]
+
+
+def default_steps(
+    *,
+    app: App,
+    publisher: Publisher,
+    settle: Settler,
+    stats: WorkerStats,
+    specs: dict[str, QueueSpec],
+    threads: TaskThreads | None,
+    concurrency: int,
+    hostname: str,
+    timezone: dt.tzinfo,
+    accepted: frozenset[str],
+) -> list[Step]:
+    reporter = Reporter(publisher)
+    ledger = Ledger()
+    workflow = Workflow(app, publisher)
+    redeliveries = Redeliveries(settle, specs)
+    return [
+        Guard(settle),
+        Acknowledge(settle),
+        redeliveries,
+        Decode(app.serializers, accepted, timezone, reporter),
+        Copies(ledger, reporter),
+        Eta(publisher, reporter),
+        Joins(workflow),
+        Lookup(app, reporter),
+        Slots(concurrency, ledger, reporter, redeliveries, hostname),
+        Expiry(reporter),
+        ContinueWorkflow(workflow),
+        Report(reporter, ledger),
+        Retries(publisher, reporter, ledger, timezone),
+        Execute(threads, settle, stats),
+    ]

@@ -1,0 +1,29 @@
+"""Expiry: a task past its ``expires`` does not run; its caller gets REVOKED.
+
+RabbitMQ drops expired messages only at the head of a queue, and not at all for a
+message a caller waits on (it would never hear of it), so the worker checks just
+before running.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+from ...exceptions import TaskRevokedError
+from ...wire.results import REVOKED
+from ..pipeline import Job, Proceed
+from .results import Reporter, failure
+
+
+class Expiry:
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    async def __call__(self, job: Job, proceed: Proceed) -> None:
+        message = job.message
+        if message.expires is not None and message.expires <= dt.datetime.now(dt.timezone.utc):
+            revoked = TaskRevokedError(f"task {message.id} expired at {message.expires}")
+            await self.reporter.report(message, replace(failure(message, revoked), status=REVOKED))
+            return  # acked
+        await proceed(job)

@@ -1,0 +1,24 @@
+"""Chord joins: the built-in task a chord member sends after recording its result."""
+
+from __future__ import annotations
+
+from ...log import get_logger
+from ..pipeline import Job, Proceed, Requeue
+from ..workflow import JOIN_TASK, Workflow
+
+log = get_logger(__name__)
+
+
+class Joins:
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+
+    async def __call__(self, job: Job, proceed: Proceed) -> None:
+        if job.message.task != JOIN_TASK:
+            await proceed(job)
+            return
+        try:
+            await self.workflow.join(job.message, job.delivery.queue)
+        except Exception as exc:
+            log.error("chord join failed; it will be tried again", error=str(exc))
+            job.ending = Requeue("chord-join-failed")

@@ -1,0 +1,92 @@
+"""Admission to run: at most ``concurrency`` tasks at once, and never two of one task id.
+
+A job waits here for a slot. Meanwhile a graceful stop may requeue it (it is in
+``waiting``), its channel may close (the broker has it again: it must not run), or a
+copy of it may have started (it is settled as a copy). An admitted job gets its
+:class:`Request` and a log context naming the task; while it runs it is in ``running``,
+which a graceful stop waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ...app.task import Request
+from ...broker import Delivery
+from ...log import bound, get_logger
+from ..pipeline import Job, Proceed
+from .copies import Ledger
+from .redeliveries import Redeliveries
+from .results import Reporter
+
+log = get_logger(__name__)
+
+
+class Slots:
+    def __init__(
+        self,
+        concurrency: int,
+        ledger: Ledger,
+        reporter: Reporter,
+        redeliveries: Redeliveries,
+        hostname: str,
+    ) -> None:
+        self.ledger = ledger
+        self.reporter = reporter
+        self.redeliveries = redeliveries
+        self.hostname = hostname
+        self._slots = asyncio.Semaphore(concurrency)
+        #: Deliveries waiting for a slot; a graceful stop requeues them.
+        self.waiting: set[Delivery] = set()
+        #: The handlers of running jobs; a graceful stop waits for them.
+        self.running: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, job: Job, proceed: Proceed) -> None:
+        delivery, message = job.delivery, job.message
+        self.waiting.add(delivery)
+        async with self._slots:
+            if delivery not in self.waiting:  # requeued by a stop while waiting
+                job.ending = None
+                return
+            self.waiting.discard(delivery)
+            while self.redeliveries.settling:
+                # A counted copy may be this very message: it must not run (and maybe
+                # kill us) before the original's ack has reached the broker.
+                await asyncio.wait(set(self.redeliveries.settling))
+            if delivery.stale:
+                log.info("skipping a delivery from a closed channel", task_id=message.id)
+                job.ending = None
+                return
+            while self.ledger.knows(message):  # a copy started while this one waited
+                if await self.ledger.settle_copy(job, self.reporter):
+                    return  # acked as a copy
+            current = asyncio.current_task()
+            assert current is not None
+            self.running.add(current)
+            self.ledger.started(message)  # no await between the check above and here
+            job.request = self._request(job)
+            try:
+                with bound(task_id=message.id, task_name=job.task.name):
+                    await proceed(job)
+            except asyncio.CancelledError:
+                log.warning("task interrupted by shutdown; it will run again", task_id=message.id)
+                job.ending = None  # unacked: the broker gives it out again
+            finally:
+                self.running.discard(current)
+                self.ledger.ended(message)
+
+    def _request(self, job: Job) -> Request:
+        delivery, message = job.delivery, job.message
+        loop = asyncio.get_running_loop()
+        return Request.from_message(
+            message,
+            delivery_info={
+                "exchange": delivery.exchange,
+                "routing_key": delivery.routing_key,
+                "queue": delivery.queue,
+                "redelivered": delivery.redelivered,
+                "priority": message.priority,
+            },
+            hostname=self.hostname,
+            publish_state=self.reporter.state_publisher(loop, message),
+        )

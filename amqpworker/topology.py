@@ -94,6 +94,10 @@ class QueueSpec(_Entry):
     def effective_delivery_limit(self) -> int:
         return self.delivery_limit or DEFAULT_DELIVERY_LIMIT
 
+    def dlq_arguments(self) -> dict[str, Any]:
+        """A quorum queue's DLQ is a quorum queue too: it must outlive any one node."""
+        return {"x-queue-type": "quorum"} if self.type == "quorum" else {}
+
     def arguments_for(self, default_max_priority: int | None) -> dict[str, Any]:
         """The ``x-`` arguments to declare this queue with."""
         arguments: dict[str, Any] = {}

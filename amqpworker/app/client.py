@@ -13,7 +13,7 @@ import contextlib
 import uuid
 from collections.abc import Callable
 
-from ..broker import Broker
+from ..broker import Broker, Consumer
 from ..exceptions import DecodeError, MessageError
 from ..log import get_logger
 from ..settings import Settings
@@ -47,6 +47,7 @@ class Client(Publisher):
         self.accepted = serializers.content_types(conf.accept_content)
         self.hub = ResultHub(self.loop)
         self._reply_to: str | None = None
+        self._replies: Consumer | None = None
         self._reply_lock = asyncio.Lock()
         self._reply_prefix = f"{name}.reply."
 
@@ -54,9 +55,10 @@ class Client(Publisher):
         await self.broker.connect()
 
     async def close(self) -> None:
-        if self._reply_to is not None:
+        if self._replies is not None and self._reply_to is not None:
             # It would outlive us by its x-expires otherwise.
             with contextlib.suppress(Exception):
+                await self._replies.cancel()
                 await self.broker.delete_queue(self._reply_to)
         await self.broker.close()
 
@@ -67,7 +69,9 @@ class Client(Publisher):
         async with self._reply_lock:
             if self._reply_to is None:
                 name = self._reply_prefix + uuid.uuid4().hex
-                await self.broker.consume_replies(name, self._on_reply, self.hub.reply_queue_lost)
+                self._replies = await self.broker.consume_replies(
+                    name, self._on_reply, self.hub.reply_queue_lost
+                )
                 self._reply_to = name
         return self._reply_to
 

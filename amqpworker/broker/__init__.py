@@ -2,6 +2,6 @@
 
 from . import chord, declare
 from .connection import Broker, Outgoing
-from .consumer import Delivery
+from .consumer import Consumer, Delivery
 
-__all__ = ["Broker", "Delivery", "Outgoing", "chord", "declare"]
+__all__ = ["Broker", "Consumer", "Delivery", "Outgoing", "chord", "declare"]

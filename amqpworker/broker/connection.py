@@ -19,7 +19,7 @@ import contextlib
 import errno
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -32,6 +32,7 @@ from aio_pika.abc import (
 )
 from aio_pika.message import encode_expiration
 from aiormq.abc import DeliveredMessage
+from yarl import URL
 
 from .. import delay
 from ..exceptions import (
@@ -43,7 +44,7 @@ from ..exceptions import (
     UnroutableError,
 )
 from ..log import get_logger, hide_password
-from ..topology import QueueSpec, Topology
+from ..topology import QueueSpec, Topology, dlq_name
 from ..wire import Envelope
 from . import declare
 from .consumer import (
@@ -64,6 +65,8 @@ log = get_logger(__name__)
 PROBE_CHANNELS = (30000, 65000)
 #: Seconds between reconnection attempts; short, because a worker without a broker idles.
 RECONNECT_INTERVAL = 1.0
+#: Seconds without a connection before reconnecting to the next broker URL.
+FAILOVER_AFTER = 3.0
 #: RabbitMQ's default frame size, and what a content header frame adds to the properties.
 DEFAULT_FRAME_MAX = 131_072
 FRAME_OVERHEAD = 8 + 12
@@ -117,6 +120,7 @@ class Broker:
         self._delays_declared = False
         self._landings: set[tuple[str, str]] = set()
         self._last_probe = PROBE_CHANNELS[0]
+        self._failover: asyncio.Task[None] | None = None
 
     @property
     def safe_url(self) -> str:
@@ -138,11 +142,36 @@ class Broker:
                 errors.append(f"{hide_password(url)}: {_why_not_connected(url, exc, self)}")
                 continue
             self.url = url
+            if len(self.urls) > 1:
+                self._connection.close_callbacks.add(self._on_connection_lost)
             channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             assert isinstance(channel, AbstractRobustChannel)
             self._publisher = channel
             return
         raise BrokerUnavailable("cannot connect to any broker: " + "; ".join(errors))
+
+    def _on_connection_lost(self, _connection: Any, _error: BaseException | None) -> None:
+        if self._failover is None or self._failover.done():
+            self._failover = asyncio.get_running_loop().create_task(self._fail_over())
+
+    async def _fail_over(self) -> None:
+        """While the connection stays down, move aio-pika's reconnects along the URL list.
+
+        aio-pika reconnects to the URL it first connected to, forever: with one node of
+        a cluster gone, a worker would never consume again. Every ``FAILOVER_AFTER``
+        seconds without a connection, its next attempt goes to the next URL.
+        """
+        connection = self._connection
+        while connection is not None and not connection.is_closed:
+            try:
+                await asyncio.wait_for(connection.connected.wait(), FAILOVER_AFTER)
+                return
+            except asyncio.TimeoutError:
+                pass
+            current = self.urls.index(self.url) if self.url in self.urls else -1
+            self.url = self.urls[(current + 1) % len(self.urls)]
+            cast(aio_pika.RobustConnection, connection).url = URL(self.url)
+            log.warning("broker unreachable; trying the next URL", url=hide_password(self.url))
 
     @property
     def connection(self) -> AbstractRobustConnection:
@@ -151,6 +180,8 @@ class Broker:
         return self._connection
 
     async def close(self) -> None:
+        if self._failover is not None:
+            self._failover.cancel()
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
         self._connection = self._publisher = None
@@ -211,9 +242,11 @@ class Broker:
         self._declared.add(spec.name)
         return declared
 
-    async def declare_queue_named(self, name: str) -> None:
-        """Declare a plain durable queue (a DLQ) on the publishing channel."""
-        await (await self._ready_publisher()).declare_queue(name, durable=True)
+    async def declare_dlq(self, spec: QueueSpec) -> None:
+        """Declare a work queue's DLQ (of the queue's kind) on the publishing channel."""
+        await (await self._ready_publisher()).declare_queue(
+            dlq_name(spec.name), durable=True, arguments=spec.dlq_arguments()
+        )
 
     async def declare_for_worker(
         self,

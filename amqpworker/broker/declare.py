@@ -35,7 +35,9 @@ async def declare_queue(
 ) -> AbstractQueue:
     """Declare a work queue (and its DLQ first, so dead-lettering always has a target)."""
     if spec.dead_letter:
-        await channel.declare_queue(dlq_name(spec.name), durable=True)
+        await channel.declare_queue(
+            dlq_name(spec.name), durable=True, arguments=spec.dlq_arguments()
+        )
     return await channel.declare_queue(
         spec.name, durable=True, arguments=spec.arguments_for(default_max_priority)
     )

@@ -156,7 +156,7 @@ class Settler:
             # The DLQ may have been deleted under us: declare it again and retry once.
             log.warning("dead-letter copy failed; declaring the DLQ again", error=str(first))
             try:
-                await broker.declare_queue_named(dlq_name(delivery.queue))
+                await broker.declare_dlq(self.topology.queue(delivery.queue))
                 await broker.publish(copy, "", dlq_name(delivery.queue))
             except Exception as second:
                 # Rejecting now could drop it (its dead-letter target is what failed), so

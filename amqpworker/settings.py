@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ImproperlyConfigured
@@ -26,6 +33,17 @@ from .log import hide_password
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 SAFE_CONTENT = ("json", "msgpack", "yaml")
 RATE_LIMIT_PATTERN = re.compile(r"^\d+(\.\d+)?(/[smh])?$")
+#: Celery's settings that amqpworker does not act on yet: set, they are an error saying
+#: so, rather than accepted and ignored.
+NOT_YET = {
+    "task_time_limit": "time limits are not enforced yet",
+    "task_soft_time_limit": "time limits are not enforced yet",
+    "task_default_rate_limit": "rate limits are not enforced yet",
+    "task_always_eager": "eager mode is not built yet",
+    "worker_max_tasks_per_child": "the process pool is not built yet",
+    "worker_max_memory_per_child": "the process pool is not built yet",
+    "beat_schedule": "beat (periodic tasks) is not built yet",
+}
 
 
 class Route(BaseModel):
@@ -108,6 +126,13 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
+
+    @field_validator(*NOT_YET, mode="after")
+    @classmethod
+    def _refuse_what_is_not_built(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in (None, False, {}):
+            raise ValueError(f"{NOT_YET[info.field_name or '']}; leave it unset for now")
+        return value
 
     @field_validator("broker_url", mode="before")
     @classmethod

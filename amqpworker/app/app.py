@@ -35,7 +35,7 @@ from .builtins import register_builtins
 from .client import Client
 from .results import AsyncResult
 from .routing import NO_LAYER, Destination, Layer, resolve_destination
-from .task import Task, current_request, default_task_name
+from .task import NOT_YET_OPTIONS, Task, current_request, default_task_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 Call = tuple[Any, ...]
@@ -274,6 +274,9 @@ class App:
         unknown = set(options) - CALL_OPTIONS
         if unknown:
             raise TypeError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
+        for option in NOT_YET_OPTIONS.intersection(options):
+            if options[option] is not None:
+                raise TypeError(f"{option}= is not enforced yet; leave it unset ({name})")
         headers = dict(options.get("headers") or {})
         clashing = sorted(CORE_HEADERS.intersection(headers))
         if clashing:

@@ -48,6 +48,10 @@ TASK_OPTIONS = (
 )
 
 
+#: Options of Celery's that amqpworker does not act on yet: giving one is an error.
+NOT_YET_OPTIONS = frozenset({"time_limit", "soft_time_limit", "rate_limit"})
+
+
 @dataclass
 class Request:
     """What a running task knows about the message that started it."""
@@ -138,6 +142,11 @@ class Task:
             raise ImproperlyConfigured(
                 f"task {name!r}: unknown option(s) {', '.join(sorted(unknown))}"
             )
+        for option in NOT_YET_OPTIONS.intersection(options):
+            if options[option] is not None:
+                raise ImproperlyConfigured(
+                    f"task {name!r}: option {option!r} is not enforced yet; leave it unset"
+                )
         self.app = app
         self.fun = fun
         self.name = name

@@ -293,17 +293,15 @@ def test_prepare_outside_a_task_has_no_parent(app: App) -> None:
     assert headers["root_id"] == message.id  # a top-level task is its own root
 
 
-def test_prepare_time_limits_call_over_task_over_setting() -> None:
-    app = App(task_time_limit=100, task_soft_time_limit=90)
-    job = app.task(name="job", time_limit=50)(lambda: None)
-
-    by_call, _, _ = app.prepare("job", (), None, job, {"time_limit": 10, "soft_time_limit": 5})
-    by_task, _, _ = app.prepare("job", (), None, job, {})
-    by_setting, _, _ = app.prepare("other", (), None, None, {})
-
-    assert (by_call.time_limit, by_call.soft_time_limit) == (10, 5)
-    assert (by_task.time_limit, by_task.soft_time_limit) == (50, 90)
-    assert (by_setting.time_limit, by_setting.soft_time_limit) == (100, 90)
+def test_time_and_rate_limits_are_refused_until_they_are_enforced() -> None:
+    app = App()
+    with pytest.raises(ImproperlyConfigured, match="'time_limit' is not enforced yet"):
+        app.task(name="job", time_limit=50)(lambda: None)
+    with pytest.raises(ImproperlyConfigured, match="'rate_limit' is not enforced yet"):
+        app.task(name="job2", rate_limit="10/s")(lambda: None)
+    job = app.task(name="job3")(lambda: None)
+    with pytest.raises(TypeError, match="soft_time_limit= is not enforced yet"):
+        app.prepare("job3", (), None, job, {"soft_time_limit": 5})
 
 
 def test_prepare_expires_in_seconds_or_datetime(app: App) -> None:

@@ -102,13 +102,13 @@ def test_broker_url_must_be_amqp() -> None:
 
 def test_env_overrides_defaults_when_the_app_is_created(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMQPWORKER_WORKER_CONCURRENCY", "3")
-    monkeypatch.setenv("AMQPWORKER_TASK_ALWAYS_EAGER", "true")
+    monkeypatch.setenv("AMQPWORKER_TASK_TRACK_STARTED", "true")
     monkeypatch.setenv("AMQPWORKER_TASK_ROUTES", '{"a.*": {"queue": "qa"}}')
 
     conf = App().conf
 
     assert conf.worker_concurrency == 3
-    assert conf.task_always_eager is True
+    assert conf.task_track_started is True
     assert conf.task_routes == {"a.*": Route(queue="qa")}
 
 
@@ -313,3 +313,20 @@ def test_password_is_hidden_for_a_non_amqp_broker_url() -> None:
         App(broker="redis://u:secret@h:6379/0")
 
     assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("task_time_limit", 30),
+        ("task_soft_time_limit", 20),
+        ("task_default_rate_limit", "10/s"),
+        ("task_always_eager", True),
+        ("worker_max_tasks_per_child", 100),
+        ("worker_max_memory_per_child", 200_000),
+        ("beat_schedule", {"every-minute": {"task": "a.b", "schedule": 60}}),
+    ],
+)
+def test_a_setting_not_acted_on_yet_is_refused_not_ignored(name: str, value: object) -> None:
+    with pytest.raises(ImproperlyConfigured, match=f"'{name}'.*not (enforced|built) yet"):
+        App(**{name: value})

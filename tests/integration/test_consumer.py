@@ -12,6 +12,7 @@ import pytest
 
 from amqpworker import App
 from amqpworker.broker import Broker, Delivery
+from amqpworker.topology import Topology
 from amqpworker.wire import Envelope
 
 from .proxy import CuttableProxy
@@ -51,7 +52,7 @@ async def _send(broker: Broker, queue: str, body: bytes) -> None:
 async def test_consuming_resumes_after_the_broker_closes_the_channel(
     broker: Broker, admin, queue: str
 ) -> None:
-    await broker.declare_queue_named(queue)
+    await broker.declare_work_queue(Topology().queue(queue), None)
     inbox = Inbox()
     consumer = await broker.consume(queue, 4, inbox)
     await _send(broker, queue, b"first")
@@ -73,7 +74,7 @@ async def test_consuming_resumes_after_the_broker_closes_the_channel(
 async def test_consuming_resumes_after_the_broker_cancels_the_consumer(
     broker: Broker, broker_url: str, admin, queue: str
 ) -> None:
-    await broker.declare_queue_named(queue)
+    await broker.declare_work_queue(Topology().queue(queue), None)
     inbox = Inbox()
     consumer = await broker.consume(queue, 4, inbox)
     connection = await aio_pika.connect(broker_url, timeout=5)
@@ -89,7 +90,7 @@ async def test_consuming_resumes_after_the_broker_cancels_the_consumer(
 
 
 async def test_a_cancelled_consumer_gets_nothing_more(broker: Broker, admin, queue: str) -> None:
-    await broker.declare_queue_named(queue)
+    await broker.declare_work_queue(Topology().queue(queue), None)
     inbox = Inbox()
     consumer = await broker.consume(queue, 4, inbox)
     await consumer.cancel()

@@ -98,11 +98,15 @@ class Report:
         outcome = job.outcome
         if outcome is None or job.retrying:
             return
+        if task.effective_ignore_result or not message.reply_to or message.ignore_result:
+            # It ran: a copy must not run again (nobody waits for its result).
+            self.ledger.remember(message, None)
+            return
         result = outcome.as_result(job.request)
-        # It ran: whatever happens to its report or ack, a copy must not run again.
+        # It ran: whatever happens to its report or ack, a copy must not run again, and
+        # the copy's caller gets this result again.
         self.ledger.remember(message, result)
-        if not task.effective_ignore_result:
-            await self.reporter.report(message, result)
+        await self.reporter.report(message, result)
 
 
 class StatePublisher:

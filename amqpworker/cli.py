@@ -1,4 +1,4 @@
-"""The ``amqpworker`` command: serve, call.
+"""The ``amqpworker`` command: serve, call, inspect, control, topology, dlq.
 
 Every bad argument (an app path that does not import, a queue list with empty names, a
 JSON argument that does not parse) is reported by click as a usage error that names the
@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from .app import App
+from .app.control import INSPECT_COMMANDS
 from .broker import admin
 from .exceptions import AmqpWorkerError, ImproperlyConfigured
 from .log import configure_logging
@@ -126,7 +127,9 @@ def main() -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @click.option("--log-format", type=click.Choice(["console", "json"]), help="Log line format.")
-@click.option("-n", "--hostname", help="This worker's name (default app@host).")
+@click.option(
+    "-n", "--hostname", help="This worker's name (default app@%h; %h host, %n name, %d domain)."
+)
 @click.option("--routing", type=click.Path(dir_okay=False), help="Routing YAML file.")
 @click.option(
     "--loop",
@@ -409,3 +412,133 @@ def dlq_purge(queue: str, app: App | None, broker: str | None, yes: bool) -> Non
     conf = _settings(app, broker)
     purged = _run(admin.dlq_purge(conf.broker_url, queue))
     click.echo(f"purged {purged} message(s) from {admin.dlq_of(queue)}")
+
+
+# Remote control: questions and commands to running workers.
+
+CONTROL_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "shutdown": (),
+    "add_consumer": ("queue",),
+    "cancel_consumer": ("queue",),
+    "revoke": ("task_id",),
+    "rate_limit": ("task_name", "rate_limit"),
+    "time_limit": ("task_name", "soft", "hard"),
+    "pool_grow": ("n",),
+    "pool_shrink": ("n",),
+}
+destination_option = click.option(
+    "-d",
+    "--destination",
+    callback=_queues_callback,
+    help="Comma-separated worker names (default: every worker).",
+)
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for replies.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the replies as JSON.")
+
+
+def _control_app(app: App | None, broker: str | None) -> App:
+    if app is not None and not broker:
+        return app
+    return App("amqpworker-cli", broker=_settings(app, broker).broker_url)
+
+
+async def _closing(app: App, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, then close the app's connection on this loop."""
+    try:
+        return await work
+    finally:
+        await app.aclose()
+
+
+def _print_replies(replies: dict[str, Any], as_json: bool) -> bool:
+    """Print each worker's reply; True when every one of them was not an error."""
+    if as_json:
+        click.echo(json.dumps(replies, indent=2, sort_keys=True, default=str))
+    failed = False
+    for name in sorted(replies):
+        value = replies[name]
+        error = isinstance(value, dict) and "error" in value
+        failed = failed or error
+        if as_json:
+            continue
+        click.echo(f"-> {name}: {'ERROR' if error else 'OK'}")
+        if isinstance(value, dict) and set(value) <= {"ok", "error"}:
+            shown: Any = value.get("error") or value.get("ok")
+        else:
+            shown = value
+        text = shown if isinstance(shown, str) else json.dumps(shown, indent=2, default=str)
+        for line in (text or "(empty)").splitlines() or ["(empty)"]:
+            click.echo(f"    {line}")
+    return not failed
+
+
+@main.command("inspect")
+@click.argument("command", type=click.Choice(INSPECT_COMMANDS))
+@optional_app_option
+@broker_option
+@destination_option
+@timeout_option
+@json_option
+def inspect_workers(
+    command: str,
+    app: App | None,
+    broker: str | None,
+    destination: list[str] | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Ask running workers: ping, active, registered, reserved, scheduled, stats, ..."""
+    control_app = _control_app(app, broker)
+    replies = _run(
+        _closing(control_app, control_app.control.inspect(destination, timeout).aask(command))
+    )
+    if not replies:
+        raise click.ClickException(f"no worker replied within {timeout}s")
+    if not _print_replies(replies, as_json):
+        sys.exit(1)
+
+
+@main.command("control")
+@click.argument("command", type=click.Choice(sorted(CONTROL_ARGUMENTS)))
+@click.argument("args", nargs=-1)
+@optional_app_option
+@broker_option
+@destination_option
+@timeout_option
+@json_option
+def control_workers(
+    command: str,
+    args: tuple[str, ...],
+    app: App | None,
+    broker: str | None,
+    destination: list[str] | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Tell running workers: shutdown, add_consumer QUEUE, cancel_consumer QUEUE, ..."""
+    names = CONTROL_ARGUMENTS[command]
+    if command == "revoke" and args:
+        arguments: dict[str, Any] = {"task_id": list(args)}
+    elif len(args) != len(names):
+        wanted = " ".join(name.upper() for name in names) or "no arguments"
+        raise click.UsageError(f"{command} takes {wanted}, got {len(args)} argument(s)")
+    else:
+        arguments = dict(zip(names, args, strict=True))
+    control_app = _control_app(app, broker)
+    replies = _run(
+        _closing(
+            control_app,
+            control_app.control.abroadcast(command, arguments, destination, True, timeout),
+        )
+    )
+    merged = {name: value for reply in replies or [] for name, value in reply.items()}
+    if not merged:
+        raise click.ClickException(f"no worker replied within {timeout}s")
+    if not _print_replies(merged, as_json):
+        sys.exit(1)

@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
     worker_max_memory_per_child: Annotated[int, Field(ge=1)] | None = None
     worker_shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
+    #: Answer ``app.control`` commands (a control queue per worker).
+    worker_enable_remote_control: bool = True
 
     # Beat
     beat_schedule: dict[str, dict[str, Any]] = Field(default_factory=dict)

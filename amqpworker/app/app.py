@@ -11,6 +11,7 @@ import __future__
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import importlib
 import os
 import threading
@@ -33,6 +34,7 @@ from ..wire.message import CORE_HEADERS
 from ..wire.serializers import Serializer
 from .builtins import register_builtins
 from .client import Client
+from .control import Control
 from .results import AsyncResult
 from .routing import NO_LAYER, Destination, Layer, resolve_destination
 from .task import NOT_YET_OPTIONS, Task, current_request, default_task_name
@@ -95,6 +97,11 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}>"
+
+    @functools.cached_property
+    def control(self) -> Control:
+        """Remote control of running workers: ``app.control.inspect().ping()``."""
+        return Control(self)
 
     @property
     def portal(self) -> Portal:

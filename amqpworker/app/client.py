@@ -35,14 +35,7 @@ class Client(Publisher):
         name: str,
         topology: Callable[[], Topology] = Topology,
     ) -> None:
-        broker = Broker(
-            conf.broker_url,
-            name=name,
-            heartbeat=conf.broker_heartbeat,
-            connect_timeout=conf.broker_connection_timeout,
-            publish_timeout=conf.task_publish_timeout,
-        )
-        super().__init__(broker, conf, serializers, topology)
+        super().__init__(Broker.for_settings(conf, name), conf, serializers, topology)
         self.loop = asyncio.get_running_loop()
         self.accepted = serializers.content_types(conf.accept_content)
         self.hub = ResultHub(self.loop)

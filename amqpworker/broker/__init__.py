@@ -1,7 +1,7 @@
 """Broker plumbing: the only layer that imports aio-pika."""
 
-from . import chord, declare
+from . import chord, control, declare
 from .connection import Broker, Outgoing
 from .consumer import Consumer, Delivery
 
-__all__ = ["Broker", "Consumer", "Delivery", "Outgoing", "chord", "declare"]
+__all__ = ["Broker", "Consumer", "Delivery", "Outgoing", "chord", "control", "declare"]

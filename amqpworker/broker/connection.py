@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -44,6 +44,7 @@ from ..exceptions import (
     UnroutableError,
 )
 from ..log import get_logger, hide_password
+from ..settings import Settings
 from ..topology import QueueSpec, Topology, dlq_name
 from ..wire import Envelope
 from . import declare
@@ -54,7 +55,6 @@ from .consumer import (
     AckBatcher,
     Consumer,
     Delivery,
-    envelope_from,
 )
 from .declare import declare_queue
 from .headers import encodable, guard_deep_tables
@@ -121,6 +121,17 @@ class Broker:
         self._landings: set[tuple[str, str]] = set()
         self._last_probe = PROBE_CHANNELS[0]
         self._failover: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_settings(cls, conf: Settings, name: str) -> Broker:
+        """A connection with the app's broker URLs, heartbeat and timeouts."""
+        return cls(
+            conf.broker_url,
+            name=name,
+            heartbeat=conf.broker_heartbeat,
+            connect_timeout=conf.broker_connection_timeout,
+            publish_timeout=conf.task_publish_timeout,
+        )
 
     @property
     def safe_url(self) -> str:
@@ -298,25 +309,14 @@ class Broker:
                 on_lost(f"reply queue {name} was gone (expired, deleted or the broker restarted)")
                 await self._declare_reply_queue(name)
 
-        channel = await self.channel(prefetch=REPLY_PREFETCH)
-        assert isinstance(channel, AbstractRobustChannel)
-        batcher: AckBatcher | None = None
-
-        def deliver(message: DeliveredMessage) -> None:
-            nonlocal batcher
-            if batcher is None or batcher.channel is not message.channel:
-                batcher = AckBatcher(message.channel)
-            tag = message.delivery_tag or 0
-            batcher.delivered(tag)
+        def deliver(delivery: Delivery) -> None:
             try:
-                on_envelope(envelope_from(message.header.properties, message.body))
+                on_envelope(delivery.envelope)
             finally:
                 with contextlib.suppress(DeliveryLost):
-                    batcher.ack(tag)
+                    delivery.ack_soon()
 
-        consumer = Consumer(channel, name, deliver, prepare=declare_again_if_gone)
-        await consumer.start()
-        return consumer
+        return await self.consume(name, REPLY_PREFETCH, deliver, prepare=declare_again_if_gone)
 
     async def _declare_reply_queue(self, name: str) -> None:
         # On a channel aio-pika does not restore: after a reconnect, whether the queue
@@ -491,11 +491,13 @@ class Broker:
         queue: str,
         prefetch: int,
         on_delivery: Callable[[Delivery], None],
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> Consumer:
         """Consume a declared queue with manual acks, on a channel of its own.
 
         Its own channel keeps its own QoS (``prefetch``) across reconnects, and its acks
-        go back on the channel that delivered. ``on_delivery`` must not block.
+        go back on the channel that delivered. ``on_delivery`` must not block;
+        ``prepare`` runs before consuming again after a reconnect (see :class:`Consumer`).
         """
         channel = await self.channel(prefetch=prefetch)
         assert isinstance(channel, AbstractRobustChannel)
@@ -507,7 +509,7 @@ class Broker:
                 batcher = AckBatcher(message.channel)  # a reopened channel: new tags
             on_delivery(Delivery(message, queue, prefetch, batcher))
 
-        consumer = Consumer(channel, queue, deliver)
+        consumer = Consumer(channel, queue, deliver, prepare=prepare)
         await consumer.start()
         return consumer
 

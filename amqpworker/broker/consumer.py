@@ -144,6 +144,10 @@ class Delivery:
         The ack goes out with the other acks of this loop turn; an ack that never leaves
         this process means a redelivery, which at-least-once allows.
         """
+        self.ack_soon()
+
+    def ack_soon(self) -> None:
+        """:meth:`ack`, callable where nothing can be awaited (a delivery callback)."""
         if self._settled:
             return
         self._settled = True

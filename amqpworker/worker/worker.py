@@ -19,19 +19,22 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..app import App
 from ..app.publisher import Publisher
-from ..broker import Broker, Delivery
+from ..broker import Broker, Consumer, Delivery
 from ..log import get_logger, hide_password
 from ..loop import resolved
+from ..topology import QueueSpec
+from .control import RemoteControl
 from .pipeline import Job, Proceed, compose
 from .pool import TaskThreads
 from .settle import Settler
 from .stats import WorkerStats
-from .steps import Slots, default_steps
+from .steps import Eta, Slots, default_steps
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -63,7 +66,7 @@ class Worker:
         self.shutdown_timeout = (
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
-        self.hostname = hostname or f"{app.main or 'amqpworker'}@{socket.gethostname()}"
+        self.hostname = node_name(hostname or f"{app.main or 'amqpworker'}@%h")
         self.stats = WorkerStats()
         self.topology = app.topology
         self._specs = {name: self.topology.queue(name) for name in self.queues}
@@ -75,8 +78,10 @@ class Worker:
         self._threads: TaskThreads | None = None
         self._consumer: Broker | None = None
         self._publisher: Broker | None = None
+        self._consumers: dict[str, Consumer] = {}
         self._settle: Settler
         self._slots: Slots
+        self._eta: Eta
         self._handle: Proceed
 
     # Lifecycle.
@@ -125,16 +130,6 @@ class Worker:
         )
         self._stop.set()
 
-    def _broker(self, role: str) -> Broker:
-        conf = self.app.conf
-        return Broker(
-            conf.broker_url,
-            name=f"{self.hostname} {role}",
-            heartbeat=conf.broker_heartbeat,
-            connect_timeout=conf.broker_connection_timeout,
-            publish_timeout=conf.task_publish_timeout,
-        )
-
     def _build_pipeline(self, publisher: Broker) -> None:
         conf = self.app.conf
         self._settle = Settler(publisher, self.stats, self.topology)
@@ -151,6 +146,7 @@ class Worker:
             accepted=self.app.serializers.content_types(conf.accept_content),
         )
         self._slots = next(step for step in steps if isinstance(step, Slots))
+        self._eta = next(step for step in steps if isinstance(step, Eta))
         self._handle = compose(steps)
 
     async def run(self, install_signals: bool = False) -> None:
@@ -160,8 +156,8 @@ class Worker:
             self.install_signal_handlers()
         if self.pool == "threads":
             self._threads = TaskThreads(self._loop, self.concurrency)
-        self._consumer = self._broker("consumer")
-        self._publisher = self._broker("publisher")
+        self._consumer = Broker.for_settings(self.app.conf, f"{self.hostname} consumer")
+        self._publisher = Broker.for_settings(self.app.conf, f"{self.hostname} publisher")
         try:
             await self._publisher.connect()
             await self._consumer.connect()
@@ -171,17 +167,15 @@ class Worker:
                 setup, self.topology, self.queues, self.app.conf.task_queue_max_priority
             )
             await setup.close()
-            consumers = [
-                await self._consumer.consume(
-                    name, self._specs[name].prefetch or self.prefetch, self._on_delivery
-                )
-                for name in self.queues
-            ]
+            for name in self.queues:
+                await self._consume(name)
+            if self.app.conf.worker_enable_remote_control:
+                await RemoteControl(self).start()
             log.info("consuming", queues=self.queues, hostname=self.hostname)
             self._ready.set()
             await self._stop.wait()
             self._stopping = True
-            for consumer in consumers:
+            for consumer in self._consumers.values():
                 with contextlib.suppress(Exception):
                     await consumer.cancel()
             await self._drain()
@@ -195,7 +189,7 @@ class Worker:
 
     async def _drain(self) -> None:
         for delivery in list(self._slots.waiting):
-            self._slots.waiting.discard(delivery)
+            del self._slots.waiting[delivery]
             await self._settle.requeue(delivery)
         if self._slots.running:
             _, late = await asyncio.wait(self._slots.running, timeout=self.shutdown_timeout)
@@ -207,17 +201,93 @@ class Worker:
                 for handler in late:
                     handler.cancel()
 
+    async def _consume(self, name: str) -> None:
+        spec = self._specs[name]
+        self._consumers[name] = await self.consumer_broker.consume(
+            name, spec.prefetch or self.prefetch, self._on_delivery
+        )
+
+    # What remote control reads and changes (worker/control.py).
+
+    @property
+    def consumer_broker(self) -> Broker:
+        assert self._consumer is not None, "the worker is not running"
+        return self._consumer
+
+    @property
+    def publisher_broker(self) -> Broker:
+        assert self._publisher is not None, "the worker is not running"
+        return self._publisher
+
+    def active_jobs(self) -> list[tuple[Job, float]]:
+        return list(self._slots.active.items())
+
+    def reserved_jobs(self) -> list[Job]:
+        return list(self._slots.waiting.values())
+
+    def scheduled_jobs(self) -> list[Job]:
+        return list(self._eta.holding)
+
+    def consumed_queues(self) -> dict[str, QueueSpec]:
+        return {name: self._specs[name] for name in self._consumers}
+
+    async def add_consumer(self, queue: str) -> bool:
+        """Consume one more queue (declared as the routing file says); False if it already is."""
+        if queue in self._consumers or self._stopping:
+            return False
+        self._specs[queue] = self.topology.queue(queue)
+        channel = await self.consumer_broker.channel()
+        try:
+            await self.consumer_broker.declare_for_worker(
+                channel, self.topology, [queue], self.app.conf.task_queue_max_priority
+            )
+        finally:
+            await channel.close()
+        await self._consume(queue)
+        log.info("consuming", queues=[queue], added=True)
+        return True
+
+    async def cancel_consumer(self, queue: str) -> bool:
+        """Stop consuming a queue; what was delivered from it still runs."""
+        consumer = self._consumers.pop(queue, None)
+        if consumer is None:
+            return False
+        await consumer.cancel()
+        log.info("stopped consuming", queue=queue)
+        return True
+
     # Deliveries.
 
-    def _on_delivery(self, delivery: Delivery) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` in a task of the worker's own (kept until it ends)."""
         assert self._loop is not None
-        self.stats.received += 1
-        handler = self._loop.create_task(self._deliver(delivery))
+        handler = self._loop.create_task(coroutine)
         self._handlers.add(handler)
         handler.add_done_callback(self._handlers.discard)
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        self.stats.received += 1
+        self.spawn(self._deliver(delivery))
 
     async def _deliver(self, delivery: Delivery) -> None:
         if self._stopping:
             await self._settle.requeue(delivery)
             return
         await self._handle(Job(delivery))
+
+
+def node_name(template: str) -> str:
+    """A worker name from a template, as in Celery.
+
+    ``%h`` is the host name, ``%n`` its first label, ``%d`` the rest (the domain), and
+    ``%%`` a percent sign.
+    """
+    host = socket.gethostname()
+    name, _, domain = host.partition(".")
+    return (
+        template.replace("%%", "\0")
+        .replace("%h", host)
+        .replace("%n", name)
+        .replace("%d", domain)
+        .replace("\0", "%")
+    )

@@ -33,7 +33,7 @@ from .results import Report, Reporter
 from .retries import Retries
 from .slots import Slots
 
-__all__ = ["Ledger", "Redeliveries", "Slots", "default_steps"]
+__all__ = ["Eta", "Ledger", "Redeliveries", "Slots", "default_steps"]
 
 
 def default_steps(

@@ -26,6 +26,8 @@ class Eta:
     def __init__(self, publisher: Publisher, reporter: Reporter) -> None:
         self.publisher = publisher
         self.reporter = reporter
+        #: Jobs waiting out the last second of their eta (``inspect().scheduled()``).
+        self.holding: set[Job] = set()
 
     async def __call__(self, job: Job, proceed: Proceed) -> None:
         message = job.message
@@ -35,7 +37,11 @@ class Eta:
                 await self._later(job, wait)
                 return
             if wait > 0:
-                await asyncio.sleep(wait)
+                self.holding.add(job)
+                try:
+                    await asyncio.sleep(wait)
+                finally:
+                    self.holding.discard(job)
         await proceed(job)
 
     async def _later(self, job: Job, wait: float) -> None:

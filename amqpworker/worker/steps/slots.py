@@ -10,6 +10,7 @@ which a graceful stop waits for.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ...app.task import Request
 from ...broker import Delivery
@@ -36,19 +37,20 @@ class Slots:
         self.redeliveries = redeliveries
         self.hostname = hostname
         self._slots = asyncio.Semaphore(concurrency)
-        #: Deliveries waiting for a slot; a graceful stop requeues them.
-        self.waiting: set[Delivery] = set()
+        #: Deliveries waiting for a slot (``inspect().reserved()``); a stop requeues them.
+        self.waiting: dict[Delivery, Job] = {}
         #: The handlers of running jobs; a graceful stop waits for them.
         self.running: set[asyncio.Task[None]] = set()
+        #: Running jobs and when each started (``inspect().active()``).
+        self.active: dict[Job, float] = {}
 
     async def __call__(self, job: Job, proceed: Proceed) -> None:
         delivery, message = job.delivery, job.message
-        self.waiting.add(delivery)
+        self.waiting[delivery] = job
         async with self._slots:
-            if delivery not in self.waiting:  # requeued by a stop while waiting
+            if self.waiting.pop(delivery, None) is None:  # requeued by a stop while waiting
                 job.ending = None
                 return
-            self.waiting.discard(delivery)
             while self.redeliveries.settling:
                 # A counted copy may be this very message: it must not run (and maybe
                 # kill us) before the original's ack has reached the broker.
@@ -65,6 +67,7 @@ class Slots:
             self.running.add(current)
             self.ledger.started(message)  # no await between the check above and here
             job.request = self._request(job)
+            self.active[job] = time.time()
             try:
                 with bound(task_id=message.id, task_name=job.task.name):
                     await proceed(job)
@@ -72,6 +75,7 @@ class Slots:
                 log.warning("task interrupted by shutdown; it will run again", task_id=message.id)
                 job.ending = None  # unacked: the broker gives it out again
             finally:
+                del self.active[job]
                 self.running.discard(current)
                 self.ledger.ended(message)
 

@@ -1,0 +1,171 @@
+"""Remote control from the caller's side: ``app.control.inspect().ping()`` and friends.
+
+Replies come back as Celery shapes them: ``inspect()`` calls return ``{worker_name:
+value}`` (``None`` when no worker answered in time), ``broadcast(..., reply=True)`` a
+list of ``{worker_name: value}``. A command a worker could not carry out answers
+``{"error": "..."}``. Every call has a sync form and an ``a``-prefixed async one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..broker import control as broker_control
+from ..wire import Envelope
+from ..wire.control import ControlRequest, decode_reply
+
+if TYPE_CHECKING:
+    from .app import App
+
+#: What ``inspect()`` asks; each is a method of :class:`Inspect`.
+INSPECT_COMMANDS = (
+    "ping",
+    "registered",
+    "active",
+    "reserved",
+    "scheduled",
+    "stats",
+    "active_queues",
+    "revoked",
+    "conf",
+    "report",
+)
+
+
+class Control:
+    """``app.control``: commands to running workers over the broker."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def inspect(self, destination: Sequence[str] | None = None, timeout: float = 1.0) -> Inspect:
+        return Inspect(self, destination, timeout)
+
+    def broadcast(
+        self,
+        command: str,
+        arguments: Mapping[str, Any] | None = None,
+        destination: Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]] | None:
+        """Send ``command`` to every worker (or those named); their replies if ``reply``."""
+        return self.app.portal.call(
+            self.abroadcast(command, arguments, destination, reply, timeout, limit)
+        )
+
+    async def abroadcast(
+        self,
+        command: str,
+        arguments: Mapping[str, Any] | None = None,
+        destination: Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]] | None:
+        if isinstance(destination, str):
+            destination = [destination]
+        if limit is None and destination is not None:
+            limit = len(destination)
+        request = ControlRequest(command, dict(arguments or {}), destination)
+        client = await self.app.client()
+
+        def make(reply_to: str | None) -> Envelope:
+            return replace(request, reply_to=reply_to).encode(timeout)
+
+        envelopes = await broker_control.broadcast(
+            client.broker, make, reply=reply, timeout=timeout, limit=limit
+        )
+        if not reply:
+            return None
+        replies = [decode_reply(e) for e in envelopes if e.correlation_id == request.id]
+        return [reply for reply in replies if reply]
+
+    def ping(
+        self, destination: Sequence[str] | None = None, timeout: float = 1.0
+    ) -> list[dict[str, Any]] | None:
+        return self.broadcast("ping", destination=destination, reply=True, timeout=timeout)
+
+    def shutdown(
+        self, destination: Sequence[str] | None = None, reply: bool = False, timeout: float = 1.0
+    ) -> list[dict[str, Any]] | None:
+        """Ask workers to stop gracefully, as SIGTERM does."""
+        return self.broadcast("shutdown", None, destination, reply, timeout)
+
+    def add_consumer(
+        self,
+        queue: str,
+        destination: Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]] | None:
+        """Workers start consuming ``queue`` (declared as the routing file says)."""
+        return self.broadcast("add_consumer", {"queue": queue}, destination, reply, timeout)
+
+    def cancel_consumer(
+        self,
+        queue: str,
+        destination: Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]] | None:
+        """Workers stop consuming ``queue``; what they hold from it still runs."""
+        return self.broadcast("cancel_consumer", {"queue": queue}, destination, reply, timeout)
+
+
+class Inspect:
+    """``app.control.inspect(destination, timeout)``: questions to running workers."""
+
+    def __init__(self, control: Control, destination: Sequence[str] | None, timeout: float) -> None:
+        self.control = control
+        self.destination = destination
+        self.timeout = timeout
+
+    def _ask(self, command: str) -> dict[str, Any] | None:
+        return self.control.app.portal.call(self._aask(command))
+
+    async def _aask(self, command: str) -> dict[str, Any] | None:
+        replies = await self.control.abroadcast(
+            command, None, self.destination, reply=True, timeout=self.timeout
+        )
+        merged = {name: value for reply in replies or [] for name, value in reply.items()}
+        return merged or None
+
+    def ping(self) -> dict[str, Any] | None:
+        return self._ask("ping")
+
+    def registered(self) -> dict[str, Any] | None:
+        return self._ask("registered")
+
+    def active(self) -> dict[str, Any] | None:
+        return self._ask("active")
+
+    def reserved(self) -> dict[str, Any] | None:
+        return self._ask("reserved")
+
+    def scheduled(self) -> dict[str, Any] | None:
+        return self._ask("scheduled")
+
+    def stats(self) -> dict[str, Any] | None:
+        return self._ask("stats")
+
+    def active_queues(self) -> dict[str, Any] | None:
+        return self._ask("active_queues")
+
+    def revoked(self) -> dict[str, Any] | None:
+        return self._ask("revoked")
+
+    def conf(self) -> dict[str, Any] | None:
+        return self._ask("conf")
+
+    def report(self) -> dict[str, Any] | None:
+        return self._ask("report")
+
+    async def aask(self, command: str) -> dict[str, Any] | None:
+        """The async form of every question: ``await inspect.aask("ping")``."""
+        if command not in INSPECT_COMMANDS:
+            raise ValueError(f"unknown inspect command {command!r}; one of {INSPECT_COMMANDS}")
+        return await self._aask(command)

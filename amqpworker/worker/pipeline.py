@@ -1,7 +1,7 @@
 """A delivery's way through a worker: an ordered list of small steps.
 
-Each step is a callable ``step(job, proceed)`` that does its part and either hands the
-job on (``await proceed(job)``), possibly doing more when that returns, or stops there.
+Each step is a :class:`Step` that does its part and either hands the job on (``await
+self.proceed(job)``), possibly doing more when that returns, or stops there.
 A step that stops says how the delivery ends in ``job.ending``; the
 :class:`~.steps.acks.Acknowledge` step near the front carries that out, so settling
 is decided in one place. ``amqpworker/worker/steps/`` has one module per step, and
@@ -10,10 +10,8 @@ is decided in one place. ``amqpworker/worker/steps/`` has one module per step, a
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from ..app.task import Request, Task
 from ..broker import Delivery
@@ -70,17 +68,23 @@ class Job:
         return self.outcome is not None and self.outcome.retry is not None
 
 
-class Step(Protocol):
-    async def __call__(self, job: Job, proceed: Proceed) -> None: ...
+class Step:
+    """One step; :func:`compose` sets ``proceed``, which hands the job to the next one."""
+
+    proceed: Proceed
+
+    async def __call__(self, job: Job) -> None:
+        await self.proceed(job)
 
 
 def compose(steps: Sequence[Step]) -> Proceed:
-    """One callable that runs a job through ``steps`` in order."""
+    """Link ``steps`` in order; the first one runs a job through all of them."""
 
     async def end(job: Job) -> None:
         return None
 
-    handler: Proceed = end
+    following: Proceed = end
     for step in reversed(steps):
-        handler = functools.partial(step, proceed=handler)
-    return handler
+        step.proceed = following
+        following = step
+    return following

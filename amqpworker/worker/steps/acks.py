@@ -7,16 +7,16 @@ an ack; a requeue carries its reason for the redelivery count (see ``worker/sett
 
 from __future__ import annotations
 
-from ..pipeline import Ack, DeadLetter, Job, Proceed, Requeue
+from ..pipeline import Ack, DeadLetter, Job, Requeue, Step
 from ..settle import Settler
 
 
-class Acknowledge:
+class Acknowledge(Step):
     def __init__(self, settle: Settler) -> None:
         self.settle = settle
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
-        await proceed(job)
+    async def __call__(self, job: Job) -> None:
+        await self.proceed(job)
         ending = job.ending
         if isinstance(ending, Ack):
             await self.settle.ack(job.delivery)

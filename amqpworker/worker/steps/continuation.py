@@ -13,18 +13,18 @@ import traceback
 from ...app.task import current_request
 from ...exceptions import WorkflowError
 from ...log import get_logger
-from ..pipeline import DeadLetter, Job, Proceed
+from ..pipeline import DeadLetter, Job, Step
 from ..workflow import Workflow
 
 log = get_logger(__name__)
 
 
-class ContinueWorkflow:
+class ContinueWorkflow(Step):
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
-        await proceed(job)
+    async def __call__(self, job: Job) -> None:
+        await self.proceed(job)
         message, outcome = job.message, job.outcome
         if outcome is None or job.retrying or not self.workflow.involved(message):
             return

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ...log import get_logger
 from ...wire import ResultMessage, TaskMessage
-from ..pipeline import Job, Proceed
+from ..pipeline import Job, Step
 
 if TYPE_CHECKING:
     from .results import Reporter
@@ -73,14 +73,14 @@ class Ledger:
         return True
 
 
-class Copies:
+class Copies(Step):
     """Settle copies before anything else happens to them."""
 
     def __init__(self, ledger: Ledger, reporter: Reporter) -> None:
         self.ledger = ledger
         self.reporter = reporter
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         if self.ledger.knows(job.message) and await self.ledger.settle_copy(job, self.reporter):
             return  # acked
-        await proceed(job)
+        await self.proceed(job)

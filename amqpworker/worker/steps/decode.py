@@ -6,11 +6,11 @@ import datetime as dt
 
 from ...exceptions import MessageError
 from ...wire import SerializerRegistry, TaskMessage
-from ..pipeline import DeadLetter, Job, Proceed
+from ..pipeline import DeadLetter, Job, Step
 from .results import Reporter
 
 
-class Decode:
+class Decode(Step):
     def __init__(
         self,
         serializers: SerializerRegistry,
@@ -23,7 +23,7 @@ class Decode:
         self.timezone = timezone
         self.reporter = reporter
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         try:
             job.message = TaskMessage.decode(
                 job.delivery.envelope, self.serializers, self.accepted, self.timezone
@@ -32,4 +32,4 @@ class Decode:
             await self.reporter.tell_caller_it_failed(job.delivery, exc)
             job.ending = DeadLetter(exc.reason, str(exc))
             return
-        await proceed(job)
+        await self.proceed(job)

@@ -15,21 +15,21 @@ import datetime as dt
 from ... import delay
 from ...app.publisher import Publisher
 from ...log import get_logger
-from ..pipeline import DeadLetter, Job, Proceed, Requeue
+from ..pipeline import DeadLetter, Job, Requeue, Step
 from .again import publish_again
 from .results import Reporter
 
 log = get_logger(__name__)
 
 
-class Eta:
+class Eta(Step):
     def __init__(self, publisher: Publisher, reporter: Reporter) -> None:
         self.publisher = publisher
         self.reporter = reporter
         #: Jobs waiting out the last second of their eta (``inspect().scheduled()``).
         self.holding: set[Job] = set()
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         message = job.message
         if message.eta is not None:
             wait = (message.eta - dt.datetime.now(dt.timezone.utc)).total_seconds()
@@ -42,7 +42,7 @@ class Eta:
                     await asyncio.sleep(wait)
                 finally:
                     self.holding.discard(job)
-        await proceed(job)
+        await self.proceed(job)
 
     async def _later(self, job: Job, wait: float) -> None:
         message = job.message

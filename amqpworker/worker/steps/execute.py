@@ -9,20 +9,20 @@ from __future__ import annotations
 
 from ...app.task import Request, Task
 from ..execution import Outcome, run_async, run_sync
-from ..pipeline import Job, Proceed
+from ..pipeline import Job, Step
 from ..pool import TaskThreads
 from ..settle import Settler
 from ..stats import WorkerStats
 from .results import StatePublisher
 
 
-class Execute:
+class Execute(Step):
     def __init__(self, threads: TaskThreads | None, settle: Settler, stats: WorkerStats) -> None:
         self.threads = threads
         self.settle = settle
         self.stats = stats
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         task, request = job.task, job.request
         if not task.effective_acks_late:
             await self.settle.ack(job.delivery)

@@ -12,18 +12,18 @@ from dataclasses import replace
 
 from ...exceptions import TaskRevokedError
 from ...wire.results import REVOKED
-from ..pipeline import Job, Proceed
+from ..pipeline import Job, Step
 from .results import Reporter, failure
 
 
-class Expiry:
+class Expiry(Step):
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         message = job.message
         if message.expires is not None and message.expires <= dt.datetime.now(dt.timezone.utc):
             revoked = TaskRevokedError(f"task {message.id} expired at {message.expires}")
             await self.reporter.report(message, replace(failure(message, revoked), status=REVOKED))
             return  # acked
-        await proceed(job)
+        await self.proceed(job)

@@ -10,19 +10,19 @@ from __future__ import annotations
 import traceback
 
 from ...log import get_logger
-from ..pipeline import Job, Proceed
+from ..pipeline import Job, Step
 from ..settle import Settler
 
 log = get_logger(__name__)
 
 
-class Guard:
+class Guard(Step):
     def __init__(self, settle: Settler) -> None:
         self.settle = settle
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         try:
-            await proceed(job)
+            await self.proceed(job)
         except Exception as exc:
             delivery = job.delivery
             log.exception("could not handle a delivery", message_id=delivery.envelope.message_id)

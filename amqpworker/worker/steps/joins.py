@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from ...log import get_logger
-from ..pipeline import Job, Proceed, Requeue
+from ..pipeline import Job, Requeue, Step
 from ..workflow import JOIN_TASK, Workflow
 
 log = get_logger(__name__)
 
 
-class Joins:
+class Joins(Step):
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         if job.message.task != JOIN_TASK:
-            await proceed(job)
+            await self.proceed(job)
             return
         try:
             await self.workflow.join(job.message, job.delivery.queue)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from ...app import App
 from ...exceptions import NotRegistered
-from ..pipeline import DeadLetter, Job, Proceed
+from ..pipeline import DeadLetter, Job, Step
 from .results import Reporter
 
 
-class Lookup:
+class Lookup(Step):
     def __init__(self, app: App, reporter: Reporter) -> None:
         self.app = app
         self.reporter = reporter
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         task = self.app.get_task(job.message.task)
         if task is None:
             error = NotRegistered(f"task {job.message.task!r} is not registered on this worker")
@@ -21,4 +21,4 @@ class Lookup:
             job.ending = DeadLetter("unknown-task", str(error))
             return
         job.task = task
-        await proceed(job)
+        await self.proceed(job)

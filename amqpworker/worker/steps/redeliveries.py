@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 
 from ...topology import QueueSpec
-from ..pipeline import Job, Proceed
+from ..pipeline import Job, Step
 from ..settle import Settler
 
 
-class Redeliveries:
+class Redeliveries(Step):
     def __init__(self, settle: Settler, specs: dict[str, QueueSpec]) -> None:
         self.settle = settle
         self.specs = specs
         #: Counts on their way; admission to run waits for them (see the slots step).
         self.settling: set[asyncio.Future[bool]] = set()
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         delivery = job.delivery
         if delivery.redelivered:
             settling = asyncio.ensure_future(
@@ -35,4 +35,4 @@ class Redeliveries:
                     return
             finally:
                 self.settling.discard(settling)
-        await proceed(job)
+        await self.proceed(job)

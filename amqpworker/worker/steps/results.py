@@ -19,7 +19,7 @@ from ...exceptions import MessageError
 from ...log import get_logger
 from ...wire import ResultMessage, TaskMessage
 from ...wire.results import FAILURE, STARTED, exception_to_data, now_iso
-from ..pipeline import Job, Proceed
+from ..pipeline import Job, Step
 from .copies import Ledger
 
 log = get_logger(__name__)
@@ -81,20 +81,20 @@ def failure(message: TaskMessage, error: BaseException) -> ResultMessage:
     )
 
 
-class Report:
+class Report(Step):
     """STARTED before the run, the final state after it."""
 
     def __init__(self, reporter: Reporter, ledger: Ledger) -> None:
         self.reporter = reporter
         self.ledger = ledger
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         message, task = job.message, job.task
         if task.effective_track_started and message.reply_to:
             await self.reporter.report(
                 message, ResultMessage(message.id, STARTED, None, None, now_iso(), task.name)
             )
-        await proceed(job)
+        await self.proceed(job)
         outcome = job.outcome
         if outcome is None or job.retrying:
             return

@@ -17,7 +17,7 @@ from ...log import get_logger
 from ...wire import ResultMessage
 from ...wire.results import RETRY, exception_to_data, now_iso
 from ..execution import Outcome
-from ..pipeline import DeadLetter, Job, Proceed, Requeue
+from ..pipeline import DeadLetter, Job, Requeue, Step
 from .again import publish_again
 from .copies import Ledger
 from .results import Reporter
@@ -25,7 +25,7 @@ from .results import Reporter
 log = get_logger(__name__)
 
 
-class Retries:
+class Retries(Step):
     def __init__(
         self, publisher: Publisher, reporter: Reporter, ledger: Ledger, timezone: dt.tzinfo
     ) -> None:
@@ -34,8 +34,8 @@ class Retries:
         self.ledger = ledger
         self.timezone = timezone
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
-        await proceed(job)
+    async def __call__(self, job: Job) -> None:
+        await self.proceed(job)
         outcome = job.outcome
         if outcome is None:
             return

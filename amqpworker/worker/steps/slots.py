@@ -15,7 +15,7 @@ import time
 from ...app.task import Request
 from ...broker import Delivery
 from ...log import bound, get_logger
-from ..pipeline import Job, Proceed
+from ..pipeline import Job, Step
 from .copies import Ledger
 from .redeliveries import Redeliveries
 from .results import Reporter
@@ -23,7 +23,7 @@ from .results import Reporter
 log = get_logger(__name__)
 
 
-class Slots:
+class Slots(Step):
     def __init__(
         self,
         concurrency: int,
@@ -44,7 +44,7 @@ class Slots:
         #: Running jobs and when each started (``inspect().active()``).
         self.active: dict[Job, float] = {}
 
-    async def __call__(self, job: Job, proceed: Proceed) -> None:
+    async def __call__(self, job: Job) -> None:
         delivery, message = job.delivery, job.message
         self.waiting[delivery] = job
         async with self._slots:
@@ -70,7 +70,7 @@ class Slots:
             self.active[job] = time.time()
             try:
                 with bound(task_id=message.id, task_name=job.task.name):
-                    await proceed(job)
+                    await self.proceed(job)
             except asyncio.CancelledError:
                 log.warning("task interrupted by shutdown; it will run again", task_id=message.id)
                 job.ending = None  # unacked: the broker gives it out again

@@ -456,6 +456,14 @@ async def _closing(app: App, work: Coroutine[Any, Any, T]) -> T:
         await app.aclose()
 
 
+def _show_replies(replies: dict[str, Any] | None, timeout: float, as_json: bool) -> None:
+    """Print each worker's reply; exit 1 when none came or one is an error."""
+    if not replies:
+        raise click.ClickException(f"no worker replied within {timeout}s")
+    if not _print_replies(replies, as_json):
+        sys.exit(1)
+
+
 def _print_replies(replies: dict[str, Any], as_json: bool) -> bool:
     """Print each worker's reply; True when every one of them was not an error."""
     if as_json:
@@ -498,10 +506,7 @@ def inspect_workers(
     replies = _run(
         _closing(control_app, control_app.control.inspect(destination, timeout).aask(command))
     )
-    if not replies:
-        raise click.ClickException(f"no worker replied within {timeout}s")
-    if not _print_replies(replies, as_json):
-        sys.exit(1)
+    _show_replies(replies, timeout, as_json)
 
 
 @main.command("control")
@@ -537,8 +542,6 @@ def control_workers(
             control_app.control.abroadcast(command, arguments, destination, True, timeout),
         )
     )
-    merged = {name: value for reply in replies or [] for name, value in reply.items()}
-    if not merged:
-        raise click.ClickException(f"no worker replied within {timeout}s")
-    if not _print_replies(merged, as_json):
-        sys.exit(1)
+    _show_replies(
+        {name: value for reply in replies or [] for name, value in reply.items()}, timeout, as_json
+    )

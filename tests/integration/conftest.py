@@ -30,6 +30,7 @@ from amqpworker import App
 from amqpworker.delay import landing_queue
 from amqpworker.worker import Worker
 
+from .proxy import CuttableProxy
 from .sample_app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,6 +166,14 @@ def admin(broker_url: str) -> Iterator[BrokerAdmin]:
 @pytest.fixture
 def queue(admin: BrokerAdmin) -> str:
     return admin.new_queue()
+
+
+@pytest.fixture
+def proxy(broker_url: str) -> Iterator[CuttableProxy]:
+    """A TCP proxy in front of the broker whose connections the test can cut."""
+    running = CuttableProxy(broker_url).start()
+    yield running
+    running.close()
 
 
 @pytest.fixture

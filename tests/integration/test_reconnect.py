@@ -17,13 +17,6 @@ WAIT = "tests.integration.sample_app.record_and_wait"
 
 
 @pytest.fixture
-def proxy(broker_url: str) -> Iterator[CuttableProxy]:
-    running = CuttableProxy(broker_url).start()
-    yield running
-    running.close()
-
-
-@pytest.fixture
 def worker_app(proxy: CuttableProxy, queue: str) -> Iterator[App]:
     made = create_app(broker_url=proxy.url, task_default_queue=queue)
     yield made

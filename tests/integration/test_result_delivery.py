@@ -19,13 +19,6 @@ P = "tests.integration.sample_app."
 
 
 @pytest.fixture
-def proxy(broker_url: str) -> Iterator[CuttableProxy]:
-    running = CuttableProxy(broker_url).start()
-    yield running
-    running.close()
-
-
-@pytest.fixture
 def caller_app(proxy: CuttableProxy, queue: str) -> Iterator[App]:
     """The caller's side goes through the proxy; the worker talks to the broker directly."""
     made = create_app(broker_url=proxy.url, task_default_queue=queue)

@@ -17,6 +17,7 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures, re-exported)
     admin,
     app,
     broker_url,
+    proxy,
     queue,
     run_cli,
     serve,

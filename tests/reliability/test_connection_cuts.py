@@ -116,13 +116,6 @@ class Caller:
 
 
 @pytest.fixture
-def proxy(broker_url: str) -> Iterator[CuttableProxy]:
-    running = CuttableProxy(broker_url).start()
-    yield running
-    running.close()
-
-
-@pytest.fixture
 def callers(proxy: CuttableProxy, queue: str, tmp_path: Path) -> Iterator[list[Caller]]:
     made = [
         Caller(

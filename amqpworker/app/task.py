@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import inspect
+import operator
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -83,7 +84,7 @@ class Request:
         Every message field with a Request field of the same name is copied, so a new
         header a task should see needs only that field here.
         """
-        values = {name: getattr(message, name) for name in _SHARED_FIELDS}
+        values = dict(zip(_SHARED_FIELDS, _shared_values(message), strict=True))
         values.update(
             group=message.group_id,
             correlation_id=message.id,
@@ -102,6 +103,8 @@ _SHARED_FIELDS = tuple(
         & {f.name for f in dataclasses.fields(TaskMessage)} - {"eta", "expires"}
     )
 )
+
+_shared_values = operator.attrgetter(*_SHARED_FIELDS)
 
 current_request: ContextVar[Request | None] = ContextVar("amqpworker_request", default=None)
 

@@ -248,10 +248,7 @@ class TaskMessage:
             # Delivery history (x-death, our counters) stays behind: a retry or replay
             # that carried x-death could be dropped by RabbitMQ's dead-letter cycle check.
             headers=fresh_headers({k: v for k, v in headers.items() if k not in CORE_HEADERS}),
-            **{
-                name: _READERS[kind](headers, header, timezone)
-                for header, name, kind in OPTIONAL_HEADERS
-            },
+            **_read_optional(headers, timezone),
         )
 
 
@@ -344,6 +341,14 @@ _READERS: dict[str, Callable[[Mapping[str, Any], str, dt.tzinfo], Any]] = {
     "int": _optional_int,
     "time": _optional_time,
 }
+
+
+def _read_optional(headers: Mapping[str, Any], timezone: dt.tzinfo) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for header, name, kind in OPTIONAL_HEADERS:
+        if header in headers:
+            found[name] = _READERS[kind](headers, header, timezone)
+    return found
 
 
 def _time_limits(value: Any) -> tuple[float | None, float | None]:

@@ -3,22 +3,23 @@
 Each step is a :class:`Step` that does its part and either hands the job on (``await
 self.proceed(job)``), possibly doing more when that returns, or stops there.
 A step that stops says how the delivery ends in ``job.ending``; the
-:class:`~.steps.acks.Acknowledge` step near the front carries that out, so settling
+:class:`~.steps.acks.Acknowledge` step, the outermost, carries that out, so settling
 is decided in one place. ``amqpworker/worker/steps/`` has one module per step, and
 :func:`~.steps.default_steps` their order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..app.task import Request, Task
 from ..broker import Delivery
 from ..wire import TaskMessage
 from .execution import Outcome
 
-Proceed = Callable[["Job"], Awaitable[None]]
+Proceed = Callable[["Job"], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,13 +267,10 @@ class Worker:
 
     def _on_delivery(self, delivery: Delivery) -> None:
         self.stats.received += 1
-        self.spawn(self._deliver(delivery))
-
-    async def _deliver(self, delivery: Delivery) -> None:
         if self._stopping:
-            await self._settle.requeue(delivery)
-            return
-        await self._handle(Job(delivery))
+            self.spawn(self._settle.requeue(delivery))
+        else:
+            self.spawn(self._handle(Job(delivery)))
 
 
 def node_name(template: str) -> str:

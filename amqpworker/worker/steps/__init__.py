@@ -25,7 +25,6 @@ from .decode import Decode
 from .eta import Eta
 from .execute import Execute
 from .expiry import Expiry
-from .guard import Guard
 from .joins import Joins
 from .lookup import Lookup
 from .redeliveries import Redeliveries
@@ -54,7 +53,6 @@ def default_steps(
     workflow = Workflow(app, publisher)
     redeliveries = Redeliveries(settle, specs)
     return [
-        Guard(settle),
         Acknowledge(settle),
         redeliveries,
         Decode(app.serializers, accepted, timezone, reporter),

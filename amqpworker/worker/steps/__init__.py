@@ -60,7 +60,7 @@ def default_steps(
         Eta(publisher, reporter),
         Joins(workflow),
         Lookup(app, reporter),
-        Slots(concurrency, ledger, reporter, redeliveries, hostname),
+        Slots(concurrency, ledger, reporter, redeliveries, hostname, settle),
         Expiry(reporter),
         ContinueWorkflow(workflow),
         Report(reporter, ledger),

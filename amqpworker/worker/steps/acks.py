@@ -32,15 +32,7 @@ class Acknowledge(Step):
             await self._worker_error(job, exc)
 
     async def _end(self, job: Job) -> None:
-        ending = job.ending
-        if isinstance(ending, Ack):
-            await self.settle.ack(job.delivery)
-        elif isinstance(ending, DeadLetter):
-            await self.settle.dead_letter(
-                job.delivery, ending.reason, ending.detail, exception=ending.exception
-            )
-        elif isinstance(ending, Requeue):
-            await self.settle.requeue(job.delivery, ending.because)
+        await end(job, self.settle)
 
     async def _worker_error(self, job: Job, exc: Exception) -> None:
         delivery = job.delivery
@@ -57,3 +49,16 @@ class Acknowledge(Step):
         except Exception:
             log.exception("could not dead-letter it either; it goes back to its queue")
             await self.settle.requeue(delivery, "worker-error")
+
+
+async def end(job: Job, settle: Settler) -> None:
+    """Carry out ``job.ending``, once: afterwards there is nothing left to do."""
+    ending, job.ending = job.ending, None
+    if isinstance(ending, Ack):
+        await settle.ack(job.delivery)
+    elif isinstance(ending, DeadLetter):
+        await settle.dead_letter(
+            job.delivery, ending.reason, ending.detail, exception=ending.exception
+        )
+    elif isinstance(ending, Requeue):
+        await settle.requeue(job.delivery, ending.because)

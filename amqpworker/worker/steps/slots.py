@@ -16,6 +16,8 @@ from ...app.task import Request
 from ...broker import Delivery
 from ...log import bound, get_logger
 from ..pipeline import Job, Step
+from ..settle import Settler
+from .acks import end
 from .copies import Ledger
 from .redeliveries import Redeliveries
 from .results import Reporter
@@ -31,7 +33,9 @@ class Slots(Step):
         reporter: Reporter,
         redeliveries: Redeliveries,
         hostname: str,
+        settle: Settler,
     ) -> None:
+        self.settle = settle
         self.ledger = ledger
         self.reporter = reporter
         self.redeliveries = redeliveries
@@ -71,6 +75,9 @@ class Slots(Step):
             try:
                 with bound(task_id=message.id, task_name=job.task.name):
                     await self.proceed(job)
+                    # Settled while it still holds its slot: the ack goes out with the
+                    # others of this loop turn, before the next job is let in.
+                    await end(job, self.settle)
             except asyncio.CancelledError:
                 log.warning("task interrupted by shutdown; it will run again", task_id=message.id)
                 job.ending = None  # unacked: the broker gives it out again

@@ -65,6 +65,19 @@ class Retries(Step):
             args=message.args if retry.retry_args is None else tuple(retry.retry_args),
             kwargs=message.kwargs if retry.retry_kwargs is None else dict(retry.retry_kwargs),
         )
+        # RETRY goes out before the retry itself: a short retry can run, and report its
+        # final state, before a RETRY sent after it would arrive (and then be ignored).
+        await self.reporter.report(
+            message,
+            ResultMessage(
+                message.id,
+                RETRY,
+                exception_to_data(outcome.exception or retry),
+                outcome.traceback,
+                now_iso(),
+                message.task,
+            ),
+        )
         try:
             await publish_again(self.publisher, job.delivery, again)
         except (TypeError, ValueError) as exc:
@@ -77,14 +90,3 @@ class Retries(Step):
             job.ending = Requeue("retry-not-published")
             return
         self.ledger.remember(message, None)  # the retry is out: this copy is done
-        await self.reporter.report(
-            message,
-            ResultMessage(
-                message.id,
-                RETRY,
-                exception_to_data(outcome.exception or retry),
-                outcome.traceback,
-                now_iso(),
-                message.task,
-            ),
-        )

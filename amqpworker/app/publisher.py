@@ -49,6 +49,17 @@ class Publisher:
         else:
             await self.broker.publish_many(outgoing)
 
+    async def publish_to_queue(
+        self, queue: str, message: TaskMessage, content_type: str | None = None
+    ) -> None:
+        """Publish a task straight to ``queue`` (delayed if its eta says so).
+
+        How a worker sends a task again: an early message, a retry, a chord join.
+        """
+        serializer = self.serializers.get(content_type or "json")
+        destination = Destination("", queue, queue, message.priority)
+        await self.publish_tasks([(message, destination, serializer)])
+
     async def outgoing(
         self, messages: Sequence[tuple[TaskMessage, Destination, Serializer]]
     ) -> list[Outgoing]:

@@ -56,15 +56,12 @@ def chord_queue(chord_id: str) -> str:
 
 
 async def declare(broker: Broker, chord_id: str, expires_seconds: float) -> None:
-    channel = await broker.probe_channel()
-    try:
+    async with broker.probing() as channel:
         await channel.declare_queue(
             chord_queue(chord_id),
             durable=True,
             arguments={"x-expires": max(int(expires_seconds * 1000), 1000)},
         )
-    finally:
-        await channel.close()
 
 
 async def record(broker: Broker, chord_id: str, index: int, envelope: Envelope) -> None:
@@ -87,12 +84,8 @@ async def join(
     fire: Callable[[list[Envelope]], Awaitable[Sequence[Outgoing]]],
 ) -> Join:
     """Try to complete the chord; ``fire`` gets one result per index, in index order."""
-    channel = await broker.probe_channel()
-    try:
+    async with broker.probing() as channel:
         return await _join(channel, chord_id, size, fire)
-    finally:
-        if not channel.is_closed:
-            await channel.close()
 
 
 async def _join(

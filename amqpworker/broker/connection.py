@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -222,6 +222,21 @@ class Broker:
         await channel
         return channel
 
+    def _amqp(self) -> Any:
+        """Aiormq's connection under aio-pika's, or None while there is none."""
+        transport = self._connection.transport if self._connection is not None else None
+        return getattr(transport, "connection", None)
+
+    @contextlib.asynccontextmanager
+    async def probing(self) -> AsyncIterator[AbstractChannel]:
+        """A probe channel (:meth:`probe_channel`) for one block, closed after it."""
+        channel = await self.probe_channel()
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
     def _probe_number(self) -> int:
         """A channel number from a range of its own, moving forward.
 
@@ -230,8 +245,8 @@ class Broker:
         closing it, which RabbitMQ answers by closing the whole connection ("second
         'channel.open' seen"). Probes rotate through tens of thousands of numbers.
         """
-        transport = self.connection.transport
-        in_use = transport.connection.channels if transport is not None else {}
+        amqp = self._amqp()
+        in_use = amqp.channels if amqp is not None else {}
         for _ in range(PROBE_CHANNELS[1] - PROBE_CHANNELS[0]):
             self._last_probe = self._last_probe + 1
             if self._last_probe >= PROBE_CHANNELS[1]:
@@ -321,35 +336,25 @@ class Broker:
     async def _declare_reply_queue(self, name: str) -> None:
         # On a channel aio-pika does not restore: after a reconnect, whether the queue
         # survived is checked first (see consume_replies).
-        channel = await self.probe_channel()
-        try:
+        async with self.probing() as channel:
             await channel.declare_queue(
                 name,
                 durable=False,
                 auto_delete=False,
                 arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
             )
-        finally:
-            await channel.close()
 
     async def queue_exists(self, name: str) -> bool:
-        channel = await self.probe_channel()
-        try:
-            await channel.declare_queue(name, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return False
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+        async with self.probing() as channel:
+            try:
+                await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
         return True
 
     async def delete_queue(self, name: str) -> None:
-        channel = await self.probe_channel()
-        try:
+        async with self.probing() as channel:
             await channel.queue_delete(name)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
 
     async def publish(
         self, envelope: Envelope, exchange: str, routing_key: str, *, mandatory: bool = True
@@ -439,8 +444,7 @@ class Broker:
         A content header cannot be split over frames, and RabbitMQ closes the whole
         connection over one that is too large. Costs an encoding: not for the hot path.
         """
-        transport = self._connection.transport if self._connection is not None else None
-        tune = getattr(getattr(transport, "connection", None), "connection_tune", None)
+        tune = getattr(self._amqp(), "connection_tune", None)
         frame_max = getattr(tune, "frame_max", None) or DEFAULT_FRAME_MAX
         table, _ = encodable(envelope.headers)
         properties = properties_of(replace(envelope, headers=table))
@@ -451,9 +455,7 @@ class Broker:
 
         aiormq keeps this only in a private event, which it waits on before writing.
         """
-        transport = self._connection.transport if self._connection is not None else None
-        connection = getattr(transport, "connection", None)
-        unblocked = getattr(connection, "_Connection__connection_unblocked", None)
+        unblocked = getattr(self._amqp(), "_Connection__connection_unblocked", None)
         return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
 
     async def delayed_target(

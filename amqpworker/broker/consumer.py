@@ -221,7 +221,6 @@ class Consumer:
         queue: str,
         on_message: Callable[[DeliveredMessage], None],
         *,
-        no_ack: bool = False,
         prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Consume ``queue`` once started.
@@ -233,7 +232,6 @@ class Consumer:
         self.queue = queue
         self.tag = f"amqpworker.{uuid.uuid4().hex}"
         self._on_message = on_message
-        self._no_ack = no_ack
         self._prepare = prepare
         self._started = False
         self._cancelled = False
@@ -262,9 +260,7 @@ class Consumer:
             await self._prepare()
             underlay = await self._underlay()
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-        await underlay.basic_consume(
-            self.queue, self._deliver, no_ack=self._no_ack, consumer_tag=self.tag
-        )
+        await underlay.basic_consume(self.queue, self._deliver, consumer_tag=self.tag)
 
     async def _underlay(self) -> aiormq.Channel:
         return cast(aiormq.Channel, await self.channel.get_underlay_channel())

@@ -40,13 +40,10 @@ async def consume_commands(
     name = f"{CONTROL_EXCHANGE}.{worker_name}.{uuid.uuid4().hex[:8]}"
 
     async def declare() -> None:  # again after a reconnect: an exclusive queue went with it
-        channel = await broker.probe_channel()
-        try:
+        async with broker.probing() as channel:
             exchange = await _declare_exchange(channel)
             queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
             await queue.bind(exchange)
-        finally:
-            await channel.close()
 
     await declare()
     return await broker.consume(name, CONTROL_PREFETCH, on_delivery, prepare=declare)
@@ -64,8 +61,7 @@ async def broadcast(
 
     Stops early once ``limit`` replies came. Without ``reply`` it only publishes.
     """
-    channel = await broker.probe_channel()
-    try:
+    async with broker.probing() as channel:
         await _declare_exchange(channel)
         if not reply:
             await broker.publish(make(None), CONTROL_EXCHANGE, "", mandatory=False)
@@ -84,6 +80,3 @@ async def broadcast(
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(enough), timeout)
         return list(replies)
-    finally:
-        if not channel.is_closed:
-            await channel.close()

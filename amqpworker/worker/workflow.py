@@ -19,7 +19,6 @@ from ..app import App
 from ..app.canvas import Plan, from_dict, plan, publish, result_ids
 from ..app.publisher import Publisher
 from ..app.results import rebuild_exception
-from ..app.routing import Destination
 from ..app.task import Request
 from ..broker import Outgoing, chord
 from ..log import get_logger
@@ -146,7 +145,7 @@ class Workflow:
             ignore_result=True,
             priority=message.priority,
         )
-        await self._publish_to(queue, join)
+        await self.publisher.publish_to_queue(queue, join)
 
     async def join(self, message: TaskMessage, queue: str) -> None:
         """Handle a join message: fire the chord's body once every header task reported."""
@@ -170,7 +169,7 @@ class Workflow:
                 eta=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=JOIN_RETRY_DELAY),
                 ignore_result=True,
             )
-            await self._publish_to(queue, retry)
+            await self.publisher.publish_to_queue(queue, retry)
         elif outcome is chord.Join.FIRED and failure:
             failed, body_data = failure[0]
             exception = rebuild_exception(failed.result or {}, failed.traceback)
@@ -212,8 +211,3 @@ class Workflow:
             )
             for task_id in ids
         ]
-
-    async def _publish_to(self, queue: str, message: TaskMessage) -> None:
-        serializer = self.app.serializers.get("json")
-        destination = Destination("", queue, queue, message.priority)
-        await self.publisher.publish_tasks([(message, destination, serializer)])

@@ -16,7 +16,6 @@ from ... import delay
 from ...app.publisher import Publisher
 from ...log import get_logger
 from ..pipeline import DeadLetter, Job, Requeue, Step
-from .again import publish_again
 from .results import Reporter
 
 log = get_logger(__name__)
@@ -55,7 +54,9 @@ class Eta(Step):
             job.ending = DeadLetter("eta-out-of-range", str(error))
             return
         try:
-            await publish_again(self.publisher, job.delivery, message)
+            await self.publisher.publish_to_queue(
+                job.delivery.queue, message, job.delivery.envelope.content_type
+            )
         except Exception as exc:
             log.error("could not delay the message again; requeueing it", error=str(exc))
             job.ending = Requeue("delay-not-published")

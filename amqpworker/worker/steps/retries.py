@@ -18,7 +18,6 @@ from ...wire import ResultMessage
 from ...wire.results import RETRY, exception_to_data, now_iso
 from ..execution import Outcome
 from ..pipeline import DeadLetter, Job, Requeue, Step
-from .again import publish_again
 from .copies import Ledger
 from .results import Reporter
 
@@ -79,7 +78,9 @@ class Retries(Step):
             ),
         )
         try:
-            await publish_again(self.publisher, job.delivery, again)
+            await self.publisher.publish_to_queue(
+                job.delivery.queue, again, job.delivery.envelope.content_type
+            )
         except (TypeError, ValueError) as exc:
             # Not the broker's fault (an eta past the delay levels' reach): it never will be.
             self.ledger.remember(message, await self.reporter.fail(message, exc))

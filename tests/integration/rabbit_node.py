@@ -394,19 +394,22 @@ class RabbitNode:
         self.destroy()
 
 
-def node_fixture(scope: str = "function", **options: Any) -> Callable[..., Any]:
+def node_fixture(
+    scope: str = "function", make: Callable[..., Any] = RabbitNode, **options: Any
+) -> Callable[..., Any]:
     """A pytest fixture that yields a started :class:`RabbitNode` and destroys it after.
 
     Assign it in a test module (``rabbit = node_fixture()``); the attribute name is the
     fixture's name. The test FAILS with instructions when no node can be started.
+    ``make`` builds something else with ``start()`` and ``destroy()`` (a cluster).
     """
     import pytest
 
     @pytest.fixture(scope=scope)  # type: ignore[misc]
-    def private_rabbit() -> Iterator[RabbitNode]:
+    def private_rabbit() -> Iterator[Any]:
         problem = None
         try:
-            node = RabbitNode(**options)
+            node = make(**options)
         except RabbitNodeError as exc:
             problem = str(exc)
         if problem is not None:

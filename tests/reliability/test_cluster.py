@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
@@ -31,7 +30,7 @@ import pytest
 from amqpworker import App
 from amqpworker.exceptions import AmqpWorkerError
 
-from ..integration.rabbit_node import RabbitNodeError
+from ..integration.rabbit_node import node_fixture
 from .chaos_app import runs
 from .cluster import RabbitCluster
 from .conftest import wait_for
@@ -41,25 +40,8 @@ FAILOVER = 10.0
 PUBLISH_TIMEOUT = 5.0
 
 
-@pytest.fixture
-def cluster() -> Iterator[RabbitCluster]:
-    problem = None
-    try:
-        made = RabbitCluster(3)
-    except RabbitNodeError as exc:
-        problem = str(exc)
-    if problem is not None:
-        pytest.fail(problem, pytrace=False)
-    try:
-        try:
-            made.start()
-        except RabbitNodeError as exc:
-            problem = str(exc)
-        if problem is not None:
-            pytest.fail(f"could not form a 3-node cluster: {problem}", pytrace=False)
-        yield made
-    finally:
-        made.destroy()
+#: Three private nodes joined into one cluster (the test fails, never skips, without).
+cluster = node_fixture(make=RabbitCluster, size=3)
 
 
 @pytest.mark.slow

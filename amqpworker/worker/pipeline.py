@@ -62,6 +62,8 @@ class Job:
     request: Request = field(init=False)
     #: Set by the execute step once the task ran.
     outcome: Outcome | None = None
+    #: Why it did not run, or stopped, as REVOKED: "expired", "revoked" or "terminated".
+    revoked: str | None = None
 
     @property
     def retrying(self) -> bool:

@@ -25,5 +25,6 @@ class Expiry(Step):
         if message.expires is not None and message.expires <= dt.datetime.now(dt.timezone.utc):
             revoked = TaskRevokedError(f"task {message.id} expired at {message.expires}")
             await self.reporter.report(message, replace(failure(message, revoked), status=REVOKED))
+            job.revoked = "expired"
             return  # acked
         await self.proceed(job)

@@ -89,5 +89,5 @@ def compose(steps: Sequence[Step]) -> Proceed:
     following: Proceed = end
     for step in reversed(steps):
         step.proceed = following
-        following = step
+        following = step.__call__  # bound once: no attribute lookup per call
     return following

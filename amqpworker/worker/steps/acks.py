@@ -27,12 +27,10 @@ class Acknowledge(Step):
     async def __call__(self, job: Job) -> None:
         try:
             await self.proceed(job)
-            await self._end(job)
+            if job.ending is not None:
+                await end(job, self.settle)
         except Exception as exc:
             await self._worker_error(job, exc)
-
-    async def _end(self, job: Job) -> None:
-        await end(job, self.settle)
 
     async def _worker_error(self, job: Job, exc: Exception) -> None:
         delivery = job.delivery

@@ -37,7 +37,8 @@ class Ledger:
     def __init__(self, memory: int = FINISHED_MEMORY) -> None:
         self._memory = memory
         self._finished: OrderedDict[Key, ResultMessage | None] = OrderedDict()
-        self._running: dict[Key, asyncio.Future[None]] = {}
+        #: Running tasks; a future only once a copy waits for one (rare, so made lazily).
+        self._running: dict[Key, asyncio.Future[None] | None] = {}
 
     def knows(self, message: TaskMessage) -> bool:
         key = (message.id, message.retries)
@@ -51,17 +52,21 @@ class Ledger:
 
     def started(self, message: TaskMessage) -> None:
         key = (message.id, message.retries)
-        self._running[key] = asyncio.get_running_loop().create_future()
+        self._running[key] = None
 
     def ended(self, message: TaskMessage) -> None:
-        self._running.pop((message.id, message.retries)).set_result(None)
+        waited = self._running.pop((message.id, message.retries))
+        if waited is not None:
+            waited.set_result(None)
 
     async def settle_copy(self, job: Job, reporter: Reporter) -> bool:
         """True when ``job`` is a copy, now acked (after its original ended)."""
         message = job.message
         key = (message.id, message.retries)
-        running = self._running.get(key)
-        if running is not None:
+        if key in self._running:
+            running = self._running[key]
+            if running is None:
+                running = self._running[key] = asyncio.get_running_loop().create_future()
             log.info("a copy of a running task waits for it", task_id=message.id)
             await asyncio.shield(running)
         if key not in self._finished:

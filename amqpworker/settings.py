@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     worker_shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
     #: Answer ``app.control`` commands (a control queue per worker).
     worker_enable_remote_control: bool = True
+    #: Seconds a revoke holds (also the revocations stream's maximum age).
+    worker_revoke_expires: Annotated[float, Field(gt=0)] = 86_400.0
 
     # Beat
     beat_schedule: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -22,6 +22,7 @@ from amqpworker.app.publisher import Publisher
 from amqpworker.broker import Broker
 from amqpworker.wire import TaskMessage
 from amqpworker.worker.pipeline import Job, Step, compose
+from amqpworker.worker.revocations import Revocations
 from amqpworker.worker.settle import Settler
 from amqpworker.worker.stats import WorkerStats
 from amqpworker.worker.steps import default_steps
@@ -58,6 +59,7 @@ def steps(app: App) -> list[Step]:
         hostname="bench@here",
         timezone=dt.timezone.utc,
         accepted=app.serializers.content_types(conf.accept_content),
+        revocations=Revocations(),
     )
 
 

@@ -13,8 +13,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..broker import control as broker_control
+from ..broker import revocations as broker_revocations
 from ..wire import Envelope
 from ..wire.control import ControlRequest, decode_reply
+from ..wire.revocations import Revocation
 
 if TYPE_CHECKING:
     from .app import App
@@ -83,6 +85,45 @@ class Control:
             return None
         replies = [decode_reply(e) for e in envelopes if e.correlation_id == request.id]
         return [reply for reply in replies if reply]
+
+    def revoke(
+        self,
+        task_id: str | Sequence[str],
+        destination: Sequence[str] | None = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]] | None:
+        """Tasks with these ids never start, on any worker, for ``worker_revoke_expires``.
+
+        The revoke is stored in the broker first (workers that start later read it),
+        then sent to running workers for an immediate answer. ``terminate`` also stops
+        a task that runs now. A bad id or signal raises ``ValueError``.
+        """
+        return self.app.portal.call(
+            self.arevoke(task_id, destination, terminate, signal, reply, timeout)
+        )
+
+    async def arevoke(
+        self,
+        task_id: str | Sequence[str],
+        destination: Sequence[str] | None = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]] | None:
+        holds_for = self.app.conf.worker_revoke_expires
+        revocation = Revocation.of(task_id, terminate=terminate, signal=signal, holds_for=holds_for)
+        client = await self.app.client()
+        await broker_revocations.publish(client.broker, revocation, holds_for)
+        arguments = {
+            "task_id": list(revocation.ids),
+            "terminate": revocation.terminate,
+            "signal": revocation.signal,
+        }
+        return await self.abroadcast("revoke", arguments, destination, reply, timeout)
 
     def ping(
         self, destination: Sequence[str] | None = None, timeout: float = 1.0

@@ -380,6 +380,27 @@ class AsyncResult:
     def __await__(self) -> Generator[Any, None, Any]:
         return self.aget().__await__()
 
+    def revoke(
+        self,
+        connection: object = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Keep this task from starting on any worker (and stop it with ``terminate``).
+
+        ``wait`` waits up to ``timeout`` seconds for the workers' replies, as in
+        Celery; the caller's ``get()`` raises :class:`TaskRevokedError` once a worker
+        met it. ``connection`` is accepted for Celery's signature and not used.
+        """
+        _revoke(self._app_for("revoke"), [self.id], terminate, signal, wait, timeout)
+
+    def _app_for(self, what: str) -> App:
+        if self.app is None:
+            raise TypeError(f"{what}() needs the AsyncResult to have an app (app=...)")
+        return self.app
+
     def forget(self) -> None:
         hub = self._hub()
         if hub is not None:
@@ -491,6 +512,20 @@ class GroupResult:
     def __getitem__(self, index: int) -> AsyncResult:
         return self.results[index]
 
+    def revoke(
+        self,
+        connection: object = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Revoke every task of the group (see :meth:`AsyncResult.revoke`)."""
+        app = self.app or next((r.app for r in self.results if r.app is not None), None)
+        if app is None:
+            raise TypeError("revoke() needs the GroupResult to have an app (app=...)")
+        _revoke(app, [result.id for result in self.results], terminate, signal, wait, timeout)
+
     def ready(self) -> bool:
         return all(result.ready() for result in self.results)
 
@@ -536,3 +571,14 @@ class GroupResult:
 
     def __await__(self) -> Generator[Any, None, list[Any]]:
         return self.aget().__await__()
+
+
+def _revoke(
+    app: App,
+    ids: list[str],
+    terminate: bool,
+    signal: str | int | None,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    app.control.revoke(ids, terminate=terminate, signal=signal, reply=wait, timeout=timeout or 1.0)

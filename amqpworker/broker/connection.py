@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -494,6 +494,7 @@ class Broker:
         prefetch: int,
         on_delivery: Callable[[Delivery], None],
         prepare: Callable[[], Awaitable[None]] | None = None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> Consumer:
         """Consume a declared queue with manual acks, on a channel of its own.
 
@@ -511,7 +512,7 @@ class Broker:
                 batcher = AckBatcher(message.channel)  # a reopened channel: new tags
             on_delivery(Delivery(message, queue, prefetch, batcher))
 
-        consumer = Consumer(channel, queue, deliver, prepare=prepare)
+        consumer = Consumer(channel, queue, deliver, prepare=prepare, arguments=arguments)
         await consumer.start()
         return consumer
 

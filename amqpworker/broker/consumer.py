@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import aiormq
@@ -222,14 +222,17 @@ class Consumer:
         on_message: Callable[[DeliveredMessage], None],
         *,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
         """Consume ``queue`` once started.
 
         ``prepare`` runs before consuming again (not the first time): after aio-pika
-        reopened the channel, or the broker cancelled the consumer.
+        reopened the channel, or the broker cancelled the consumer. ``arguments`` are
+        the consume's (a stream's ``x-stream-offset``).
         """
         self.channel = channel
         self.queue = queue
+        self.arguments = dict(arguments or {})
         self.tag = f"amqpworker.{uuid.uuid4().hex}"
         self._on_message = on_message
         self._prepare = prepare
@@ -260,7 +263,9 @@ class Consumer:
             await self._prepare()
             underlay = await self._underlay()
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-        await underlay.basic_consume(self.queue, self._deliver, consumer_tag=self.tag)
+        await underlay.basic_consume(
+            self.queue, self._deliver, consumer_tag=self.tag, arguments=self.arguments
+        )
 
     async def _underlay(self) -> aiormq.Channel:
         return cast(aiormq.Channel, await self.channel.get_underlay_channel())

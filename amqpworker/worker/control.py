@@ -20,6 +20,7 @@ from ..broker import control as broker_control
 from ..exceptions import MessageError
 from ..log import get_logger, hide_password
 from ..wire.control import ControlRequest, encode_reply
+from ..wire.revocations import Revocation
 from .pipeline import Job
 
 if TYPE_CHECKING:
@@ -29,8 +30,6 @@ log = get_logger(__name__)
 
 #: Commands of Celery's that need what is not built yet; they answer with an error.
 NOT_BUILT = {
-    "revoke": "revoke is not built yet",
-    "revoked": "revoke is not built yet",
     "rate_limit": "rate limits are not built yet",
     "time_limit": "time limits are not built yet",
     "pool_grow": "pool_grow is not built yet (the pool has a fixed size)",
@@ -54,6 +53,8 @@ class RemoteControl:
             "active_queues": self.active_queues,
             "conf": self.conf,
             "report": self.report,
+            "revoked": self.revoked,
+            "revoke": self.revoke,
             "shutdown": self.shutdown,
             "add_consumer": self.add_consumer,
             "cancel_consumer": self.cancel_consumer,
@@ -180,12 +181,31 @@ class RemoteControl:
     async def report(self) -> dict[str, str]:
         return {"ok": self.worker.banner()}
 
+    async def revoked(self) -> list[str]:
+        return self.worker.revocations.ids()
+
     # Control.
 
     async def shutdown(self) -> dict[str, str]:
         log.warning("shutdown requested by remote control")
         self.worker.request_stop()
         return {"ok": "shutting down"}
+
+    async def revoke(
+        self, task_id: str | list[str], terminate: bool = False, signal: str | None = None
+    ) -> dict[str, str]:
+        """What the revocations stream also brings; here at once, and with a reply."""
+        revocation = Revocation.of(
+            task_id,
+            terminate=terminate,
+            signal=signal,
+            holds_for=self.worker.app.conf.worker_revoke_expires,
+        )
+        terminated = self.worker.revocations.add(revocation)
+        ids = ", ".join(revocation.ids)
+        if terminated:
+            return {"ok": f"tasks {ids} flagged as revoked; terminated {', '.join(terminated)}"}
+        return {"ok": f"tasks {ids} flagged as revoked"}
 
     async def add_consumer(self, queue: str) -> dict[str, str]:
         added = await self.worker.add_consumer(queue)

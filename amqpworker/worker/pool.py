@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
+import itertools
 import queue
 import threading
 from collections import deque
@@ -17,6 +19,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_numbers = itertools.count()
+
+
+class Terminated(BaseException):
+    """Raised inside a task's thread to stop it (``revoke(terminate=True)``).
+
+    A BaseException, so a task's ``except Exception`` does not swallow it.
+    """
 
 
 class TaskThreads:
@@ -30,12 +40,19 @@ class TaskThreads:
         ] = queue.SimpleQueue()
         self._done: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
         self._wake_pending = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._name = name
+        #: Which thread runs which future now, for :meth:`interrupt`.
+        self._running_in: dict[asyncio.Future[Any], int] = {}
+        #: Threads abandoned to a task that would not stop; they end after it.
+        self._retired: set[int] = set()
+        self._threads = [self._start_thread() for _ in range(size)]
+
+    def _start_thread(self) -> threading.Thread:
+        thread = threading.Thread(
+            target=self._serve, name=f"{self._name}-{next(_numbers)}", daemon=True
+        )
+        thread.start()
+        return thread
 
     def run(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``function(*args)`` in a pool thread, in a copy of the caller's context.
@@ -50,30 +67,74 @@ class TaskThreads:
         for _ in self._threads:
             self._work.put(None)
 
+    def interrupt(self, future: asyncio.Future[Any], grace: float) -> None:
+        """Raise :class:`Terminated` in the thread running ``future``'s function.
+
+        A thread blocked in C sees it only when it returns to Python; if the function
+        has not ended after ``grace`` seconds, ``future`` fails with ``Terminated``
+        anyway and the thread is abandoned, replaced by a new one. Call on the loop.
+        """
+        ident = self._running_in.get(future)
+        if ident is None:  # not started yet, or just finished
+            if not future.done():
+                future.set_exception(Terminated())
+            return
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), ctypes.py_object(Terminated)
+        )
+        self._loop.call_later(grace, self._abandon, future, ident)
+
+    def _abandon(self, future: asyncio.Future[Any], ident: int) -> None:
+        if future.done():
+            return
+        future.set_exception(Terminated())
+        self._retired.add(ident)
+        self._threads.append(self._start_thread())
+
     def _serve(self) -> None:
-        while (item := self._work.get()) is not None:
-            context, function, args, future = item
+        ident = threading.get_ident()
+        while ident not in self._retired:
             try:
-                outcome: tuple[asyncio.Future[Any], bool, Any] = (
-                    future,
-                    True,
-                    context.run(function, *args),
-                )
-            except BaseException as exc:  # handed to the awaiting coroutine
-                outcome = (future, False, exc)
-            self._done.append(outcome)
-            if self._wake_pending.acquire(blocking=False):
-                try:
-                    self._loop.call_soon_threadsafe(self._settle)
-                except RuntimeError:  # the loop is closed: nobody waits any more
-                    self._wake_pending.release()
+                item = self._work.get()
+                if item is None:
+                    return
+                self._run(ident, *item)
+            except Terminated:  # came after its function ended; the future is settled
+                continue
+        self._retired.discard(ident)
+
+    def _run(
+        self,
+        ident: int,
+        context: contextvars.Context,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        future: asyncio.Future[Any],
+    ) -> None:
+        self._running_in[future] = ident
+        try:
+            outcome: tuple[asyncio.Future[Any], bool, Any] = (
+                future,
+                True,
+                context.run(function, *args),
+            )
+        except BaseException as exc:  # handed to the awaiting coroutine
+            outcome = (future, False, exc)
+        finally:
+            del self._running_in[future]
+        self._done.append(outcome)
+        if self._wake_pending.acquire(blocking=False):
+            try:
+                self._loop.call_soon_threadsafe(self._settle)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                self._wake_pending.release()
 
     def _settle(self) -> None:
         # Release first: a completion appended after the drain below wakes us again.
         self._wake_pending.release()
         while self._done:
             future, ok, value = self._done.popleft()
-            if future.cancelled():
+            if future.done():  # cancelled, or given up on (see _abandon)
                 continue
             if ok:
                 future.set_result(value)

@@ -32,9 +32,10 @@ from ..topology import QueueSpec
 from .control import RemoteControl
 from .pipeline import Job, Proceed, compose
 from .pool import TaskThreads
+from .revocations import Revocations
 from .settle import Settler
 from .stats import WorkerStats
-from .steps import Eta, Slots, default_steps
+from .steps import Eta, Execute, Slots, default_steps
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -79,6 +80,7 @@ class Worker:
         self._consumer: Broker | None = None
         self._publisher: Broker | None = None
         self._consumers: dict[str, Consumer] = {}
+        self.revocations = Revocations()
         self._settle: Settler
         self._slots: Slots
         self._eta: Eta
@@ -144,9 +146,13 @@ class Worker:
             hostname=self.hostname,
             timezone=ZoneInfo(conf.timezone),
             accepted=self.app.serializers.content_types(conf.accept_content),
+            revocations=self.revocations,
         )
         self._slots = next(step for step in steps if isinstance(step, Slots))
         self._eta = next(step for step in steps if isinstance(step, Eta))
+        self.revocations.on_terminate = next(
+            step for step in steps if isinstance(step, Execute)
+        ).terminate
         self._handle = compose(steps)
 
     async def run(self, install_signals: bool = False) -> None:
@@ -167,6 +173,8 @@ class Worker:
                 setup, self.topology, self.queues, self.app.conf.task_queue_max_priority
             )
             await setup.close()
+            # Before any task: a revoke made while this worker was away must hold.
+            await self.revocations.follow(self._consumer, self.app.conf.worker_revoke_expires)
             for name in self.queues:
                 await self._consume(name)
             if self.app.conf.worker_enable_remote_control:

@@ -179,6 +179,21 @@ def create_app(**settings: Any) -> App:
         """An errback: (request, exc, traceback) from the failed task, then its own args."""
         Path(marker).write_text(f"{request.id} {type(exc).__name__}: {exc}")
 
+    @app.task
+    def busy(marker_dir, name, seconds):  # type: ignore[no-untyped-def]
+        """Python work for `seconds` (short sleeps), so a raised exception lands soon."""
+        _touch_run(marker_dir, name)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return name
+
+    @app.task
+    async def abusy(marker_dir, name, seconds):  # type: ignore[no-untyped-def]
+        _touch_run(marker_dir, name)
+        await asyncio.sleep(seconds)
+        return name
+
     return app
 
 

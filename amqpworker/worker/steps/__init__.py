@@ -15,6 +15,7 @@ from ...app.publisher import Publisher
 from ...topology import QueueSpec
 from ..pipeline import Step
 from ..pool import TaskThreads
+from ..revocations import Revocations
 from ..settle import Settler
 from ..stats import WorkerStats
 from ..workflow import Workflow
@@ -24,15 +25,15 @@ from .copies import Copies, Ledger
 from .decode import Decode
 from .eta import Eta
 from .execute import Execute
-from .expiry import Expiry
 from .joins import Joins
 from .lookup import Lookup
 from .redeliveries import Redeliveries
 from .results import Report, Reporter
 from .retries import Retries
+from .revoked import Revoked
 from .slots import Slots
 
-__all__ = ["Eta", "Ledger", "Redeliveries", "Slots", "default_steps"]
+__all__ = ["Eta", "Execute", "Ledger", "Redeliveries", "Slots", "default_steps"]
 
 
 def default_steps(
@@ -47,6 +48,7 @@ def default_steps(
     hostname: str,
     timezone: dt.tzinfo,
     accepted: frozenset[str],
+    revocations: Revocations,
 ) -> list[Step]:
     reporter = Reporter(publisher)
     ledger = Ledger()
@@ -61,7 +63,7 @@ def default_steps(
         Joins(workflow),
         Lookup(app, reporter),
         Slots(concurrency, ledger, reporter, redeliveries, hostname, settle),
-        Expiry(reporter),
+        Revoked(revocations, reporter),
         ContinueWorkflow(workflow),
         Report(reporter, ledger),
         Retries(publisher, reporter, ledger, timezone),

@@ -34,7 +34,7 @@ from .pipeline import Job, Proceed, compose
 from .pool import TaskThreads
 from .settle import Settler
 from .stats import WorkerStats
-from .steps import Eta, Slots, default_steps
+from .steps import Eta, RateLimits, Slots, default_steps
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -82,6 +82,8 @@ class Worker:
         self._settle: Settler
         self._slots: Slots
         self._eta: Eta
+        #: ``None`` where rate limits are disabled (``worker_disable_rate_limits``).
+        self.rate_limits: RateLimits | None = None
         self._handle: Proceed
 
     # Lifecycle.
@@ -147,6 +149,7 @@ class Worker:
         )
         self._slots = next(step for step in steps if isinstance(step, Slots))
         self._eta = next(step for step in steps if isinstance(step, Eta))
+        self.rate_limits = next((step for step in steps if isinstance(step, RateLimits)), None)
         self._handle = compose(steps)
 
     async def run(self, install_signals: bool = False) -> None:
@@ -188,9 +191,13 @@ class Worker:
             log.info("stopped", **{k: v for k, v in vars(self.stats).items() if k != "by_task"})
 
     async def _drain(self) -> None:
-        for delivery in list(self._slots.waiting):
-            del self._slots.waiting[delivery]
-            await self._settle.requeue(delivery)
+        waiting = [self._slots.waiting]
+        if self.rate_limits is not None:  # first: a held job would go on to wait for a slot
+            waiting.insert(0, self.rate_limits.holding)
+        for jobs in waiting:  # not admitted to run yet: back to their queues
+            for delivery in list(jobs):
+                del jobs[delivery]
+                await self._settle.requeue(delivery)
         if self._slots.running:
             _, late = await asyncio.wait(self._slots.running, timeout=self.shutdown_timeout)
             if late:
@@ -223,7 +230,9 @@ class Worker:
         return list(self._slots.active.items())
 
     def reserved_jobs(self) -> list[Job]:
-        return list(self._slots.waiting.values())
+        """Received, not running yet: waiting for a slot or for a rate limit's token."""
+        held = self.rate_limits.holding.values() if self.rate_limits is not None else ()
+        return [*self._slots.waiting.values(), *held]
 
     def scheduled_jobs(self) -> list[Job]:
         return list(self._eta.holding)

@@ -198,8 +198,11 @@ class Worker:
             for delivery in list(jobs):
                 del jobs[delivery]
                 await self._settle.requeue(delivery)
-        if self._slots.running:
-            _, late = await asyncio.wait(self._slots.running, timeout=self.shutdown_timeout)
+        busy = set(self._slots.running)
+        if self.rate_limits is not None:  # sending a message back: let it get there
+            busy.update(self.rate_limits.sending)
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=self.shutdown_timeout)
             if late:
                 log.warning(
                     "grace period over; unfinished tasks go back to the queue",

@@ -79,7 +79,7 @@ def test_a_new_rate_keeps_booked_tokens_but_never_waits_longer_than_its_interval
 
 def test_task_option_is_checked_when_the_task_is_made() -> None:
     app = App()
-    with pytest.raises(ImproperlyConfigured, match="task 'job'.*'ten per minute'"):
+    with pytest.raises(ImproperlyConfigured, match=r"task 'job'.*'ten per minute'"):
         app.task(name="job", rate_limit="ten per minute")(lambda: None)
     limited = app.task(name="ok", rate_limit="10/s")(lambda: None)
     assert limited.effective_rate_limit == "10/s"
@@ -96,7 +96,7 @@ def test_a_base_class_rate_limit_is_checked_too() -> None:
 
 
 def test_default_rate_limit_setting_is_checked_and_used() -> None:
-    with pytest.raises(ImproperlyConfigured, match="'task_default_rate_limit'.*'5/d'"):
+    with pytest.raises(ImproperlyConfigured, match=r"'task_default_rate_limit'.*'5/d'"):
         App(task_default_rate_limit="5/d")
     app = App(task_default_rate_limit="100/m")
     own = app.task(name="own", rate_limit="1/s")(lambda: None)

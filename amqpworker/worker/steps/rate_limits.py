@@ -53,6 +53,8 @@ class RateLimits(Step):
         #: Deliveries waiting here for a token due soon; a graceful stop requeues them.
         self.holding: dict[Delivery, Job] = {}
         self._held_from: Counter[str] = Counter()
+        #: Handlers sending a message back; a graceful stop lets them finish.
+        self.sending: set[asyncio.Task[None]] = set()
         for name, task in app.tasks.items():
             self.set_rate(name, task.effective_rate_limit)
 
@@ -119,6 +121,9 @@ class RateLimits(Step):
         eta = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=wait)
         own_eta = message.eta.isoformat() if message.eta else ""
         later = replace(message, eta=eta, headers={**message.headers, TOKEN_HEADER: own_eta})
+        current = asyncio.current_task()
+        assert current is not None
+        self.sending.add(current)
         try:
             await self.publisher.publish_to_queue(
                 delivery.queue, later, delivery.envelope.content_type
@@ -127,6 +132,8 @@ class RateLimits(Step):
             log.error(
                 "could not send a rate-limited message back to wait; requeueing it",
                 task_id=message.id,
-                error=str(exc),
+                error=f"{type(exc).__name__}: {exc}",
             )
             job.ending = Requeue("rate-limit-not-published")
+        finally:
+            self.sending.discard(current)

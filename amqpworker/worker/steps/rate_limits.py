@@ -85,8 +85,7 @@ class RateLimits(Step):
         delivery = job.delivery
         booked = delivery.envelope.headers.get(TOKEN_HEADER)
         if booked is not None:  # back from the broker at its token's time
-            own_eta = dt.datetime.fromisoformat(booked) if booked else None
-            job.message = replace(job.message, eta=own_eta)
+            job.message = replace(job.message, eta=_own_eta(booked))
             await self.proceed(job)
             return
         wait = bucket.reserve(time.monotonic())
@@ -137,3 +136,11 @@ class RateLimits(Step):
             job.ending = Requeue("rate-limit-not-published")
         finally:
             self.sending.discard(current)
+
+
+def _own_eta(booked: object) -> dt.datetime | None:
+    """The eta a message had before it was sent back (the mark's value), if any."""
+    try:
+        return dt.datetime.fromisoformat(booked) if isinstance(booked, str) and booked else None
+    except ValueError:
+        return None

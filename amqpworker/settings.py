@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,18 +26,17 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from . import rates
 from .exceptions import ImproperlyConfigured
 from .log import hide_password
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 SAFE_CONTENT = ("json", "msgpack", "yaml")
-RATE_LIMIT_PATTERN = re.compile(r"^\d+(\.\d+)?(/[smh])?$")
 #: Celery's settings that amqpworker does not act on yet: set, they are an error saying
 #: so, rather than accepted and ignored.
 NOT_YET = {
     "task_time_limit": "time limits are not enforced yet",
     "task_soft_time_limit": "time limits are not enforced yet",
-    "task_default_rate_limit": "rate limits are not enforced yet",
     "task_always_eager": "eager mode is not built yet",
     "worker_max_tasks_per_child": "the process pool is not built yet",
     "worker_max_memory_per_child": "the process pool is not built yet",
@@ -100,7 +98,8 @@ class Settings(BaseSettings):
     task_ignore_result: bool = False
     task_default_retry_delay: Annotated[float, Field(ge=0)] = 180.0
     task_max_retries: Annotated[int, Field(ge=0)] | None = 3
-    task_default_rate_limit: str | None = None
+    #: The rate limit of every task without its own (``"10/s"``, ``"200/m"``, ``"1000/h"``).
+    task_default_rate_limit: str | float | None = None
     task_always_eager: bool = False
 
     # Time
@@ -119,6 +118,8 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
     worker_max_memory_per_child: Annotated[int, Field(ge=1)] | None = None
     worker_shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
+    #: Ignore every rate limit (tasks', the default, and those set by remote control).
+    worker_disable_rate_limits: bool = False
     #: Answer ``app.control`` commands (a control queue per worker).
     worker_enable_remote_control: bool = True
     #: Seconds a revoke holds (also the revocations stream's maximum age).
@@ -182,9 +183,8 @@ class Settings(BaseSettings):
 
     @field_validator("task_default_rate_limit")
     @classmethod
-    def _check_rate_limit(cls, value: str | None) -> str | None:
-        if value is not None and not RATE_LIMIT_PATTERN.match(value):
-            raise ValueError(f"{value!r} is not a rate such as '10/s', '200/m' or '100/h'")
+    def _check_rate_limit(cls, value: str | float | None) -> str | float | None:
+        rates.check(value)
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:

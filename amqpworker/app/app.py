@@ -279,6 +279,11 @@ class App:
     ) -> tuple[TaskMessage, Destination, Serializer]:
         """Turn a call into a message, a destination and a serializer, without I/O."""
         unknown = set(options) - CALL_OPTIONS
+        if "rate_limit" in unknown:
+            raise TypeError(
+                f"rate_limit= is not a per-call option ({name}); as in Celery, set it on "
+                "the task (@app.task(rate_limit=...)) or at run time (app.control.rate_limit)"
+            )
         if unknown:
             raise TypeError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
         for option in NOT_YET_OPTIONS.intersection(options):

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .. import rates
 from ..broker import control as broker_control
 from ..broker import revocations as broker_revocations
 from ..wire import Envelope
@@ -155,6 +156,23 @@ class Control:
     ) -> list[dict[str, Any]] | None:
         """Workers stop consuming ``queue``; what they hold from it still runs."""
         return self.broadcast("cancel_consumer", {"queue": queue}, destination, reply, timeout)
+
+    def rate_limit(
+        self,
+        task_name: str,
+        rate_limit: str | float | None,
+        destination: Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]] | None:
+        """Change a task's rate limit on running workers (``"200/m"``; ``None``/0: none).
+
+        Per worker, as in Celery: each worker runs at most that many of the task. A rate
+        that is not one is an error raised here, before anything is sent.
+        """
+        rates.check(rate_limit)
+        arguments = {"task_name": task_name, "rate_limit": rate_limit}
+        return self.broadcast("rate_limit", arguments, destination, reply, timeout)
 
 
 class Inspect:

@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import rates
 from ..exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
 from ..wire import TaskMessage
 from ..wire.results import PROGRESS, ResultMessage, now_iso
@@ -50,7 +51,7 @@ TASK_OPTIONS = (
 
 
 #: Options of Celery's that amqpworker does not act on yet: giving one is an error.
-NOT_YET_OPTIONS = frozenset({"time_limit", "soft_time_limit", "rate_limit"})
+NOT_YET_OPTIONS = frozenset({"time_limit", "soft_time_limit"})
 
 
 @dataclass
@@ -122,7 +123,8 @@ class Task:
     acks_late: bool | None = None
     time_limit: float | None = None
     soft_time_limit: float | None = None
-    rate_limit: str | None = None
+    #: Celery's rate: ``"10/s"``, ``"200/m"``, ``"1000/h"``, a number per second; per worker.
+    rate_limit: str | float | None = None
     ignore_result: bool | None = None
     serializer: str | None = None
     track_started: bool | None = None
@@ -157,6 +159,10 @@ class Task:
         self.is_coroutine = inspect.iscoroutinefunction(fun)
         for option, value in options.items():
             setattr(self, option, value)
+        try:
+            rates.check(self.rate_limit)  # the option, or a base class's attribute
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"task {name!r}: option 'rate_limit': {exc}") from None
         self.__doc__ = fun.__doc__
         self.__wrapped__ = fun
         self.__module__ = fun.__module__
@@ -190,6 +196,11 @@ class Task:
     @property
     def effective_track_started(self) -> bool:
         return bool(self._or_setting(self.track_started, "task_track_started"))
+
+    @property
+    def effective_rate_limit(self) -> str | float | None:
+        """The task's own rate limit, else ``task_default_rate_limit``."""
+        return self._or_setting(self.rate_limit, "task_default_rate_limit")  # type: ignore[no-any-return]
 
     def _or_setting(self, value: Any, setting: str) -> Any:
         return getattr(self.app.conf, setting) if value is None else value

@@ -119,6 +119,9 @@ class Broker:
         self._declared: set[str] = set()
         self._delays_declared = False
         self._landings: set[tuple[str, str]] = set()
+        #: One declaration of the delay topology at a time: many delayed messages at
+        #: once (rate-limited ones sent back, a burst of countdowns) would each do it.
+        self._declaring_delays = asyncio.Lock()
         self._last_probe = PROBE_CHANNELS[0]
         self._failover: asyncio.Task[None] | None = None
 
@@ -467,12 +470,14 @@ class Broker:
         by this connection.
         """
         if not self._delays_declared or (exchange, routing_key) not in self._landings:
-            channel = await self._ready_publisher()
-            if not self._delays_declared:
-                await declare.declare_delay_topology(channel)
-                self._delays_declared = True
-            await declare.declare_landing(channel, exchange, routing_key)
-            self._landings.add((exchange, routing_key))
+            async with self._declaring_delays:
+                channel = await self._ready_publisher()
+                if not self._delays_declared:
+                    await declare.declare_delay_topology(channel)
+                    self._delays_declared = True
+                if (exchange, routing_key) not in self._landings:
+                    await declare.declare_landing(channel, exchange, routing_key)
+                    self._landings.add((exchange, routing_key))
         return (
             delay.level_name(delay.entry_level(seconds)),
             delay.routing_key(seconds, exchange, routing_key),

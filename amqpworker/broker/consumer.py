@@ -125,6 +125,11 @@ class Delivery:
         self.envelope = envelope_from(message.header.properties, message.body)
 
     @property
+    def prefetch(self) -> int:
+        """The prefetch of the consumer that delivered it: how many it may hold unsettled."""
+        return self._prefetch
+
+    @property
     def settled(self) -> bool:
         """True once acked or rejected (or handed to the ack batch)."""
         return self._settled

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import rates
 from ..broker import Delivery
 from ..broker import control as broker_control
 from ..exceptions import MessageError
@@ -30,7 +31,6 @@ log = get_logger(__name__)
 
 #: Commands of Celery's that need what is not built yet; they answer with an error.
 NOT_BUILT = {
-    "rate_limit": "rate limits are not built yet",
     "time_limit": "time limits are not built yet",
     "pool_grow": "pool_grow is not built yet (the pool has a fixed size)",
     "pool_shrink": "pool_shrink is not built yet (the pool has a fixed size)",
@@ -58,6 +58,7 @@ class RemoteControl:
             "shutdown": self.shutdown,
             "add_consumer": self.add_consumer,
             "cancel_consumer": self.cancel_consumer,
+            "rate_limit": self.rate_limit,
         }
 
     async def start(self) -> None:
@@ -216,6 +217,25 @@ class RemoteControl:
         if not cancelled:
             return {"error": f"not consuming from {queue!r}"}
         return {"ok": f"no longer consuming from {queue!r}"}
+
+    async def rate_limit(self, task_name: str, rate_limit: rates.Rate) -> dict[str, str]:
+        """Change a task's rate limit on this worker, as Celery's command does."""
+        worker = self.worker
+        if task_name not in worker.app.tasks:
+            log.warning("rate_limit for an unknown task", task_name=task_name)
+            return {"error": f"unknown task {task_name!r}"}
+        if worker.rate_limits is None:
+            log.warning("rate_limit refused: rate limits are disabled", task_name=task_name)
+            return {"error": "rate limits are disabled on this worker (worker_disable_rate_limits)"}
+        try:
+            per_second = worker.rate_limits.set_rate(task_name, rate_limit)
+        except ValueError as exc:
+            log.warning("rate_limit refused", task_name=task_name, error=str(exc))
+            return {"error": str(exc)}
+        log.info("rate limit changed", task_name=task_name, rate_limit=rate_limit)
+        if per_second is None:
+            return {"ok": f"rate limit of {task_name!r} disabled successfully"}
+        return {"ok": f"new rate limit of {task_name!r} set successfully: {rate_limit}"}
 
     def _describe(self, job: Job, started: float | None) -> dict[str, Any]:
         message, delivery = job.message, job.delivery

@@ -35,7 +35,7 @@ from .pool import TaskThreads
 from .revocations import Revocations
 from .settle import Settler
 from .stats import WorkerStats
-from .steps import Eta, Execute, Slots, default_steps
+from .steps import Eta, Execute, RateLimits, Slots, default_steps
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -84,6 +84,8 @@ class Worker:
         self._settle: Settler
         self._slots: Slots
         self._eta: Eta
+        #: ``None`` where rate limits are disabled (``worker_disable_rate_limits``).
+        self.rate_limits: RateLimits | None = None
         self._handle: Proceed
 
     # Lifecycle.
@@ -153,6 +155,7 @@ class Worker:
         self.revocations.on_terminate = next(
             step for step in steps if isinstance(step, Execute)
         ).terminate
+        self.rate_limits = next((step for step in steps if isinstance(step, RateLimits)), None)
         self._handle = compose(steps)
 
     async def run(self, install_signals: bool = False) -> None:
@@ -196,11 +199,18 @@ class Worker:
             log.info("stopped", **{k: v for k, v in vars(self.stats).items() if k != "by_task"})
 
     async def _drain(self) -> None:
-        for delivery in list(self._slots.waiting):
-            del self._slots.waiting[delivery]
-            await self._settle.requeue(delivery)
-        if self._slots.running:
-            _, late = await asyncio.wait(self._slots.running, timeout=self.shutdown_timeout)
+        waiting = [self._slots.waiting]
+        if self.rate_limits is not None:  # first: a held job would go on to wait for a slot
+            waiting.insert(0, self.rate_limits.holding)
+        for jobs in waiting:  # not admitted to run yet: back to their queues
+            for delivery in list(jobs):
+                del jobs[delivery]
+                await self._settle.requeue(delivery)
+        busy = set(self._slots.running)
+        if self.rate_limits is not None:  # sending a message back: let it get there
+            busy.update(self.rate_limits.sending)
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=self.shutdown_timeout)
             if late:
                 log.warning(
                     "grace period over; unfinished tasks go back to the queue",
@@ -231,7 +241,9 @@ class Worker:
         return list(self._slots.active.items())
 
     def reserved_jobs(self) -> list[Job]:
-        return list(self._slots.waiting.values())
+        """Received, not running yet: waiting for a slot or for a rate limit's token."""
+        held = self.rate_limits.holding.values() if self.rate_limits is not None else ()
+        return [*self._slots.waiting.values(), *held]
 
     def scheduled_jobs(self) -> list[Job]:
         return list(self._eta.holding)

@@ -293,12 +293,10 @@ def test_prepare_outside_a_task_has_no_parent(app: App) -> None:
     assert headers["root_id"] == message.id  # a top-level task is its own root
 
 
-def test_time_and_rate_limits_are_refused_until_they_are_enforced() -> None:
+def test_time_limits_are_refused_until_they_are_enforced() -> None:
     app = App()
     with pytest.raises(ImproperlyConfigured, match="'time_limit' is not enforced yet"):
         app.task(name="job", time_limit=50)(lambda: None)
-    with pytest.raises(ImproperlyConfigured, match="'rate_limit' is not enforced yet"):
-        app.task(name="job2", rate_limit="10/s")(lambda: None)
     job = app.task(name="job3")(lambda: None)
     with pytest.raises(TypeError, match="soft_time_limit= is not enforced yet"):
         app.prepare("job3", (), None, job, {"soft_time_limit": 5})

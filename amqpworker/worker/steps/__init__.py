@@ -1,7 +1,7 @@
 """The steps a delivery passes through, one module each; :func:`default_steps` orders them.
 
-Outermost first. Steps up to ``Lookup`` decide whether and when the message runs at
-all; ``Slots`` admits it to run; the steps after it wrap the run itself, and those that
+Outermost first. Steps up to ``RateLimits`` decide whether and when the message runs
+at all; ``Slots`` admits it to run; the steps after it wrap the run itself, and those that
 act after it (``Retries``, ``Report``, ``ContinueWorkflow``) do so innermost first, so
 the order after a run is: retry, result, workflow, then the ending.
 """
@@ -27,13 +27,14 @@ from .eta import Eta
 from .execute import Execute
 from .joins import Joins
 from .lookup import Lookup
+from .rate_limits import RateLimits
 from .redeliveries import Redeliveries
 from .results import Report, Reporter
 from .retries import Retries
 from .revoked import Revoked
 from .slots import Slots
 
-__all__ = ["Eta", "Execute", "Ledger", "Redeliveries", "Slots", "default_steps"]
+__all__ = ["Eta", "Execute", "Ledger", "RateLimits", "Redeliveries", "Slots", "default_steps"]
 
 
 def default_steps(
@@ -62,6 +63,7 @@ def default_steps(
         Eta(publisher, reporter),
         Joins(workflow),
         Lookup(app, reporter),
+        *rate_limits(app, publisher),
         Slots(concurrency, ledger, reporter, redeliveries, hostname, settle),
         Revoked(revocations, reporter),
         ContinueWorkflow(workflow),
@@ -69,3 +71,12 @@ def default_steps(
         Retries(publisher, reporter, ledger, timezone),
         Execute(threads, settle, stats),
     ]
+
+
+def rate_limits(app: App, publisher: Publisher) -> list[Step]:
+    """The rate limit step, where a task has a limit or remote control may give it one."""
+    conf = app.conf
+    if conf.worker_disable_rate_limits:
+        return []
+    step = RateLimits(app, publisher)
+    return [step] if step.buckets or conf.worker_enable_remote_control else []

@@ -13,12 +13,14 @@ from dataclasses import replace
 from ...exceptions import TaskRevokedError
 from ...wire.results import REVOKED
 from ..pipeline import Job, Step
+from ..stats import WorkerStats
 from .results import Reporter, failure
 
 
 class Expiry(Step):
-    def __init__(self, reporter: Reporter) -> None:
+    def __init__(self, reporter: Reporter, stats: WorkerStats) -> None:
         self.reporter = reporter
+        self.stats = stats
 
     async def __call__(self, job: Job) -> None:
         message = job.message
@@ -26,5 +28,6 @@ class Expiry(Step):
             revoked = TaskRevokedError(f"task {message.id} expired at {message.expires}")
             await self.reporter.report(message, replace(failure(message, revoked), status=REVOKED))
             job.revoked = "expired"
+            self.stats.count(job.task.name, REVOKED)
             return  # acked
         await self.proceed(job)

@@ -27,12 +27,13 @@ from .execute import Execute
 from .expiry import Expiry
 from .joins import Joins
 from .lookup import Lookup
+from .measure import Measure, RunObserver
 from .redeliveries import Redeliveries
 from .results import Report, Reporter
 from .retries import Retries
 from .slots import Slots
 
-__all__ = ["Eta", "Ledger", "Redeliveries", "Slots", "default_steps"]
+__all__ = ["Eta", "Ledger", "Redeliveries", "RunObserver", "Slots", "default_steps"]
 
 
 def default_steps(
@@ -47,7 +48,9 @@ def default_steps(
     hostname: str,
     timezone: dt.tzinfo,
     accepted: frozenset[str],
+    metrics: RunObserver | None = None,
 ) -> list[Step]:
+    """The steps in order; ``metrics`` adds the one that times each run (only then)."""
     reporter = Reporter(publisher)
     ledger = Ledger()
     workflow = Workflow(app, publisher)
@@ -61,9 +64,10 @@ def default_steps(
         Joins(workflow),
         Lookup(app, reporter),
         Slots(concurrency, ledger, reporter, redeliveries, hostname, settle),
-        Expiry(reporter),
+        Expiry(reporter, stats),
         ContinueWorkflow(workflow),
         Report(reporter, ledger),
         Retries(publisher, reporter, ledger, timezone),
+        *([Measure(metrics)] if metrics is not None else []),
         Execute(threads, settle, stats),
     ]

@@ -137,6 +137,15 @@ def main() -> None:
     type=click.Choice(["auto", "uvloop", "asyncio"]),
     help="Event loop (default: the event_loop setting; auto = uvloop where installed).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus /metrics and health checks (/livez, /readyz) on this port.",
+)
+@click.option(
+    "--metrics-host",
+    help="Address the metrics port listens on (default: worker_metrics_host, 0.0.0.0).",
+)
 def serve(
     app: App,
     queues: list[str] | None,
@@ -149,6 +158,8 @@ def serve(
     hostname: str | None,
     routing: str | None,
     event_loop: LoopKind | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Consume queues and run tasks until SIGTERM."""
     configure_logging(
@@ -169,6 +180,8 @@ def serve(
             prefetch_multiplier=prefetch_multiplier,
             shutdown_timeout=shutdown_timeout,
             hostname=hostname,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
     except (AmqpWorkerError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc

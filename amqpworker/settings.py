@@ -124,6 +124,14 @@ class Settings(BaseSettings):
     worker_enable_remote_control: bool = True
     #: Seconds a revoke holds (also the revocations stream's maximum age).
     worker_revoke_expires: Annotated[float, Field(gt=0)] = 86_400.0
+    #: Serve Prometheus metrics and health checks on this port (``serve --metrics-port``);
+    #: None: not served, and nothing is measured. 0 picks a free port (logged).
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    #: The address the metrics port listens on; all interfaces, for probes from outside.
+    worker_metrics_host: Annotated[str, Field(min_length=1)] = "0.0.0.0"
+    #: Seconds the worker's event loop may go without turning before its liveness check
+    #: fails. A sync task under ``--pool asyncio`` holds the loop while it runs.
+    worker_health_loop_timeout: Annotated[float, Field(gt=0)] = 10.0
 
     # Beat
     beat_schedule: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -124,6 +124,8 @@ class Broker:
         self._declaring_delays = asyncio.Lock()
         self._last_probe = PROBE_CHANNELS[0]
         self._failover: asyncio.Task[None] | None = None
+        #: Times the connection was lost and made again (for the worker's metrics).
+        self.reconnects = 0
 
     @classmethod
     def for_settings(cls, conf: Settings, name: str) -> Broker:
@@ -156,6 +158,7 @@ class Broker:
                 errors.append(f"{hide_password(url)}: {_why_not_connected(url, exc, self)}")
                 continue
             self.url = url
+            self._connection.reconnect_callbacks.add(self._on_reconnected)
             if len(self.urls) > 1:
                 self._connection.close_callbacks.add(self._on_connection_lost)
             channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -163,6 +166,16 @@ class Broker:
             self._publisher = channel
             return
         raise BrokerUnavailable("cannot connect to any broker: " + "; ".join(errors))
+
+    def _on_reconnected(self, _connection: Any) -> None:
+        self.reconnects += 1
+        log.info("reconnected to the broker", name=self.name, url=self.safe_url)
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the connection is up (False while aio-pika reconnects, or closed)."""
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
 
     def _on_connection_lost(self, _connection: Any, _error: BaseException | None) -> None:
         if self._failover is None or self._failover.done():
@@ -509,12 +522,12 @@ class Broker:
         """
         channel = await self.channel(prefetch=prefetch)
         assert isinstance(channel, AbstractRobustChannel)
-        batcher: AckBatcher | None = None
 
         def deliver(message: DeliveredMessage) -> None:
-            nonlocal batcher
+            batcher = consumer.batcher
             if batcher is None or batcher.channel is not message.channel:
-                batcher = AckBatcher(message.channel)  # a reopened channel: new tags
+                # A reopened channel: new tags.
+                batcher = consumer.batcher = AckBatcher(message.channel)
             on_delivery(Delivery(message, queue, prefetch, batcher))
 
         consumer = Consumer(channel, queue, deliver, prepare=prepare, arguments=arguments)

@@ -57,6 +57,11 @@ class AckBatcher:
         self._scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
 
+    @property
+    def unsettled(self) -> int:
+        """Deliveries on this channel not yet acked or rejected (prefetch credit in use)."""
+        return 0 if self.channel.is_closed else len(self._unsettled)
+
     def delivered(self, tag: int) -> None:
         self._unsettled.add(tag)
 
@@ -244,6 +249,26 @@ class Consumer:
         self._started = False
         self._cancelled = False
         self._retry: asyncio.Task[None] | None = None
+        #: The AMQP channel the consumer was last registered on.
+        self._registered_on: aiormq.Channel | None = None
+        #: Acks of the current channel's deliveries (set by whoever delivers them).
+        self.batcher: AckBatcher | None = None
+
+    @property
+    def consuming(self) -> bool:
+        """True while the broker delivers to this consumer (not during a reconnect)."""
+        channel = self._registered_on
+        return (
+            not self._cancelled
+            and channel is not None
+            and not channel.is_closed
+            and self.tag in channel.consumers
+        )
+
+    @property
+    def unsettled(self) -> int:
+        """Deliveries held and not yet settled: the part of the prefetch in use."""
+        return 0 if self.batcher is None else self.batcher.unsettled
 
     async def start(self) -> None:
         await self._consume()
@@ -271,6 +296,7 @@ class Consumer:
         await underlay.basic_consume(
             self.queue, self._deliver, consumer_tag=self.tag, arguments=self.arguments
         )
+        self._registered_on = underlay
 
     async def _underlay(self) -> aiormq.Channel:
         return cast(aiormq.Channel, await self.channel.get_underlay_channel())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from .serializers import Serializer, SerializerRegistry, json_default
 
 PROTOCOL_VERSION = 1
 PROTOCOL_HEADER = "x-amqpworker-protocol"
+#: When the message was published, in whole milliseconds since the Unix epoch (the
+#: publisher's clock): a worker's queue-wait metric reads it. AMQP's own ``timestamp``
+#: property holds whole seconds only.
+SENT_AT_HEADER = "x-amqpworker-sent-at"
 
 #: Headers left out when null: (header, TaskMessage field, kind). A new header of this
 #: sort is a field on TaskMessage and a line here (and, for a task to read it as
@@ -53,6 +58,7 @@ CORE_HEADERS = frozenset(
         "group_index",
         *("callbacks", "errbacks", "chain", "chord"),
         PROTOCOL_HEADER,
+        SENT_AT_HEADER,
     }
 )
 #: Canvas headers: JSON text, so that float arguments keep their precision (AMQP tables
@@ -129,6 +135,7 @@ class TaskMessage:
                 "origin": _ORIGIN,
                 "ignore_result": self.ignore_result,
                 PROTOCOL_HEADER: PROTOCOL_VERSION,
+                SENT_AT_HEADER: time.time_ns() // 1_000_000,
             }
         )
         # Absent rather than null: every header costs encoding on both sides, and a

@@ -145,7 +145,7 @@ class RemoteControl:
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 3),
             "total": dict(counts.by_task),
-            "counts": {key: value for key, value in vars(counts).items() if isinstance(value, int)},
+            "counts": counts.counters(),
             "pool": {
                 "implementation": worker.pool,
                 "max-concurrency": worker.concurrency,

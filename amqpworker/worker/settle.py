@@ -130,7 +130,6 @@ class Settler:
             routing_key=delivery.routing_key,
             exception=exception,
         )
-        self.stats.dead_lettered += 1
         log.error(
             "message dead-lettered",
             reason=reason,
@@ -149,6 +148,7 @@ class Settler:
                 log.warning("headers too large to copy; rejecting into the DLQ instead")
                 with contextlib.suppress(DeliveryLost):
                     await delivery.reject(requeue=False)
+                self.stats.count_dead_letter(reason)
                 return
         try:
             await broker.publish(copy, "", dlq_name(delivery.queue))
@@ -164,4 +164,5 @@ class Settler:
                 log.error("cannot dead-letter; message returned to its queue", error=str(second))
                 await self.requeue(delivery)
                 return
+        self.stats.count_dead_letter(reason)
         await self.ack(delivery)

@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ..app import App
@@ -30,12 +30,16 @@ from ..log import get_logger, hide_password
 from ..loop import resolved
 from ..topology import QueueSpec
 from .control import RemoteControl
+from .health import Look
 from .pipeline import Job, Proceed, compose
 from .pool import TaskThreads
 from .revocations import Revocations
 from .settle import Settler
 from .stats import WorkerStats
 from .steps import Eta, Execute, RateLimits, Slots, default_steps
+
+if TYPE_CHECKING:
+    from .monitoring import Monitoring
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -55,6 +59,8 @@ class Worker:
         prefetch_multiplier: int | None = None,
         shutdown_timeout: float | None = None,
         hostname: str | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -68,6 +74,10 @@ class Worker:
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
         self.hostname = node_name(hostname or f"{app.main or 'amqpworker'}@%h")
+        self.metrics_port = conf.worker_metrics_port if metrics_port is None else metrics_port
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics port must be 0 to 65535, not {self.metrics_port}")
+        self.metrics_host = metrics_host or conf.worker_metrics_host
         self.stats = WorkerStats()
         self.topology = app.topology
         self._specs = {name: self.topology.queue(name) for name in self.queues}
@@ -87,6 +97,7 @@ class Worker:
         #: ``None`` where rate limits are disabled (``worker_disable_rate_limits``).
         self.rate_limits: RateLimits | None = None
         self._handle: Proceed
+        self._monitoring: Monitoring | None = None
 
     # Lifecycle.
 
@@ -104,7 +115,13 @@ class Worker:
             f"  queues:      {queues}\n"
             f"  pool:        {self.pool} (concurrency {self.concurrency})\n"
             f"  loop:        {resolved(self.app.conf.event_loop)}\n"
-            f"[tasks]\n{tasks}"
+            + (
+                f"  metrics:     {self.metrics_host}:{self.metrics_port}"
+                " (/metrics, /livez, /readyz)\n"
+                if self.metrics_port is not None
+                else ""
+            )
+            + f"[tasks]\n{tasks}"
         )
 
     @property
@@ -149,6 +166,7 @@ class Worker:
             timezone=ZoneInfo(conf.timezone),
             accepted=self.app.serializers.content_types(conf.accept_content),
             revocations=self.revocations,
+            metrics=self._monitoring.metrics if self._monitoring is not None else None,
         )
         self._slots = next(step for step in steps if isinstance(step, Slots))
         self._eta = next(step for step in steps if isinstance(step, Eta))
@@ -161,6 +179,14 @@ class Worker:
     async def run(self, install_signals: bool = False) -> None:
         """Consume until :meth:`request_stop` (or a signal), then stop gracefully."""
         self._loop = asyncio.get_running_loop()
+        if self.metrics_port is not None:
+            # prometheus_client is imported only when metrics are asked for.
+            from .monitoring import Monitoring
+
+            self._monitoring = Monitoring(
+                self, self.metrics_host, self.metrics_port, self.app.conf.worker_health_loop_timeout
+            )
+            self._monitoring.start(self._loop)  # a port that is taken fails here, at once
         if install_signals:
             self.install_signal_handlers()
         if self.pool == "threads":
@@ -184,8 +210,10 @@ class Worker:
                 await RemoteControl(self).start()
             log.info("consuming", queues=self.queues, hostname=self.hostname)
             self._ready.set()
+            self._tell_health()
             await self._stop.wait()
             self._stopping = True
+            self._tell_health()
             for consumer in self._consumers.values():
                 with contextlib.suppress(Exception):
                     await consumer.cancel()
@@ -196,7 +224,9 @@ class Worker:
             await self.app.aclose()  # a client the tasks used on this loop
             if self._threads is not None:
                 self._threads.shutdown()
-            log.info("stopped", **{k: v for k, v in vars(self.stats).items() if k != "by_task"})
+            if self._monitoring is not None:
+                self._monitoring.close()
+            log.info("stopped", **self.stats.counters())
 
     async def _drain(self) -> None:
         waiting = [self._slots.waiting]
@@ -236,6 +266,48 @@ class Worker:
     def publisher_broker(self) -> Broker:
         assert self._publisher is not None, "the worker is not running"
         return self._publisher
+
+    def _tell_health(self) -> None:
+        if self._monitoring is not None:
+            self._monitoring.health.refresh()
+
+    # What the metrics and health checks read (worker/metrics.py, worker/health.py).
+
+    def brokers(self) -> dict[str, Broker | None]:
+        """The worker's two connections by role; None before it connects."""
+        return {"consumer": self._consumer, "publisher": self._publisher}
+
+    def consumers(self) -> dict[str, Consumer]:
+        """The consumers of the queues consumed now, by queue (a copy)."""
+        return dict(self._consumers)
+
+    def prefetch_of(self, queue: str) -> int:
+        spec = self._specs.get(queue)
+        return (spec.prefetch if spec is not None else None) or self.prefetch
+
+    def look(self, now: float) -> Look:
+        """What health checks report, seen from the loop at ``now``."""
+        connected = {
+            role: broker is not None and broker.is_connected
+            for role, broker in self.brokers().items()
+        }
+        consuming = {name: consumer.consuming for name, consumer in self._consumers.items()}
+        return Look(now, self._problem(connected, consuming), consuming, connected)
+
+    def _problem(self, connected: dict[str, bool], consuming: dict[str, bool]) -> str | None:
+        if self._stopping or self._stop.is_set():
+            return "stopping: finishing the running tasks"
+        if not self._ready.is_set():
+            return "starting: not consuming yet"
+        down = [role for role, up in connected.items() if not up]
+        if down:
+            return f"no connection to the broker ({' and '.join(down)}); reconnecting"
+        idle = [name for name, on in consuming.items() if not on]
+        if idle:
+            return f"not consuming {', '.join(idle)}; consuming again once the broker allows"
+        if not consuming:
+            return "consuming no queue (all cancelled by remote control)"
+        return None
 
     def active_jobs(self) -> list[tuple[Job, float]]:
         return list(self._slots.active.items())

@@ -43,6 +43,9 @@ def test_defaults_match_the_documented_values() -> None:
     assert conf.worker_prefetch_multiplier == 4
     assert conf.worker_pool == "threads"
     assert conf.include == []
+    assert conf.worker_metrics_port is None
+    assert conf.worker_metrics_host == "0.0.0.0"
+    assert conf.worker_health_loop_timeout == 10.0
 
 
 def test_app_keywords_set_broker_backend_include_and_any_setting() -> None:
@@ -184,6 +187,9 @@ def test_unknown_setting_by_assignment(app: App) -> None:
         ("worker_pool", "process"),
         ("task_default_rate_limit", "fast"),
         ("result_expires", -1),
+        ("worker_metrics_port", 70000),
+        ("worker_metrics_port", "nine"),
+        ("worker_health_loop_timeout", 0),
     ],
 )
 def test_wrong_value_names_the_setting_everywhere(app: App, name: str, value: object) -> None:

@@ -27,6 +27,7 @@ from .eta import Eta
 from .execute import Execute
 from .joins import Joins
 from .lookup import Lookup
+from .measure import Measure, RunObserver
 from .rate_limits import RateLimits
 from .redeliveries import Redeliveries
 from .results import Report, Reporter
@@ -34,7 +35,16 @@ from .retries import Retries
 from .revoked import Revoked
 from .slots import Slots
 
-__all__ = ["Eta", "Execute", "Ledger", "RateLimits", "Redeliveries", "Slots", "default_steps"]
+__all__ = [
+    "Eta",
+    "Execute",
+    "Ledger",
+    "RateLimits",
+    "Redeliveries",
+    "RunObserver",
+    "Slots",
+    "default_steps",
+]
 
 
 def default_steps(
@@ -50,7 +60,9 @@ def default_steps(
     timezone: dt.tzinfo,
     accepted: frozenset[str],
     revocations: Revocations,
+    metrics: RunObserver | None = None,
 ) -> list[Step]:
+    """The steps in order; ``metrics`` adds the one that times each run (only then)."""
     reporter = Reporter(publisher)
     ledger = Ledger()
     workflow = Workflow(app, publisher)
@@ -65,10 +77,11 @@ def default_steps(
         Lookup(app, reporter),
         *rate_limits(app, publisher),
         Slots(concurrency, ledger, reporter, redeliveries, hostname, settle),
-        Revoked(revocations, reporter),
+        Revoked(revocations, reporter, stats),
         ContinueWorkflow(workflow),
         Report(reporter, ledger),
         Retries(publisher, reporter, ledger, timezone),
+        *([Measure(metrics)] if metrics is not None else []),
         Execute(threads, settle, stats),
     ]
 

@@ -15,13 +15,15 @@ from ...exceptions import TaskRevokedError
 from ...wire.results import REVOKED
 from ..pipeline import Job, Step
 from ..revocations import Revocations
+from ..stats import WorkerStats
 from .results import Reporter, failure
 
 
 class Revoked(Step):
-    def __init__(self, revocations: Revocations, reporter: Reporter) -> None:
+    def __init__(self, revocations: Revocations, reporter: Reporter, stats: WorkerStats) -> None:
         self.revocations = revocations
         self.reporter = reporter
+        self.stats = stats
 
     async def __call__(self, job: Job) -> None:
         message = job.message
@@ -37,3 +39,4 @@ class Revoked(Step):
         error = TaskRevokedError(detail)
         await self.reporter.report(message, replace(failure(message, error), status=REVOKED))
         job.revoked = why  # acked, never run
+        self.stats.count(job.task.name, REVOKED)

@@ -13,6 +13,7 @@ from amqpworker.wire.message import SENT_AT_HEADER
 from amqpworker.wire.results import FAILURE, RETRY, REVOKED, SUCCESS
 from amqpworker.worker.health import Health, Look
 from amqpworker.worker.pipeline import Job
+from amqpworker.worker.revocations import Revocations
 from amqpworker.worker.stats import WorkerStats
 from amqpworker.worker.steps import default_steps
 from amqpworker.worker.steps.execute import Execute
@@ -95,6 +96,7 @@ def _steps(app: App, metrics: Any = None) -> list[Any]:
         hostname="w@h",
         timezone=dt.timezone.utc,
         accepted=frozenset(),
+        revocations=Revocations(),
         metrics=metrics,
     )
 

@@ -530,6 +530,8 @@ def inspect_workers(
 @destination_option
 @timeout_option
 @json_option
+@click.option("--terminate", is_flag=True, help="revoke: also stop the task if it runs now.")
+@click.option("--signal", "signal_name", help="revoke --terminate: the signal (process pool).")
 def control_workers(
     command: str,
     args: tuple[str, ...],
@@ -538,23 +540,32 @@ def control_workers(
     destination: list[str] | None,
     timeout: float,
     as_json: bool,
+    terminate: bool,
+    signal_name: str | None,
 ) -> None:
-    """Tell running workers: shutdown, add_consumer QUEUE, cancel_consumer QUEUE, ..."""
+    """Tell running workers: revoke ID..., rate_limit TASK RATE, shutdown, add_consumer Q, ..."""
     names = CONTROL_ARGUMENTS[command]
-    if command == "revoke" and args:
-        arguments: dict[str, Any] = {"task_id": list(args)}
-    elif len(args) != len(names):
-        wanted = " ".join(name.upper() for name in names) or "no arguments"
-        raise click.UsageError(f"{command} takes {wanted}, got {len(args)} argument(s)")
-    else:
-        arguments = dict(zip(names, args, strict=True))
+    if command != "revoke" and (terminate or signal_name):
+        raise click.UsageError("--terminate and --signal go with revoke only")
     control_app = _control_app(app, broker)
-    replies = _run(
-        _closing(
-            control_app,
-            control_app.control.abroadcast(command, arguments, destination, True, timeout),
-        )
-    )
+    work: Coroutine[Any, Any, list[dict[str, Any]] | None]
+    if command == "revoke":
+        if not args:
+            raise click.UsageError("revoke takes one or more TASK_ID")
+        try:
+            work = control_app.control.arevoke(
+                list(args), destination, terminate, signal_name, True, timeout
+            )
+            replies = _run(_closing(control_app, work))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    else:
+        if len(args) != len(names):
+            wanted = " ".join(name.upper() for name in names) or "no arguments"
+            raise click.UsageError(f"{command} takes {wanted}, got {len(args)} argument(s)")
+        arguments = dict(zip(names, args, strict=True))
+        work = control_app.control.abroadcast(command, arguments, destination, True, timeout)
+        replies = _run(_closing(control_app, work))
     _show_replies(
         {name: value for reply in replies or [] for name, value in reply.items()}, timeout, as_json
     )

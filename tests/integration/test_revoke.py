@@ -17,7 +17,7 @@ import pytest
 from amqpworker import App
 from amqpworker.exceptions import TaskRevokedError
 
-from .conftest import wait_for
+from .conftest import run_cli, wait_for
 
 P = "tests.integration.sample_app."
 
@@ -128,3 +128,21 @@ def test_a_bad_revoke_command_gets_an_error_and_the_worker_keeps_serving(app: Ap
     assert replies is not None
     assert "not a task id" in replies[0][name]["error"]
     assert app.control.inspect([name], timeout=5).ping() == {name: {"ok": "pong"}}
+
+
+def test_cli_revoke_stores_the_revoke_and_checks_its_input(
+    app: App, serve, broker_url: str, tmp_path: Path
+) -> None:
+    name = _name("cli")
+    task_id = str(uuid.uuid4())
+    revoked = run_cli("control", "revoke", task_id, "--broker", broker_url, "-d", name)
+    assert revoked.returncode == 1  # nobody named `name` runs yet to reply
+    serve("-n", name).wait_consuming()  # a worker that starts later still holds it
+    result = app.send_task(P + "sleep_then_return", (str(tmp_path), "cli", 0), task_id=task_id)
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=30)
+    bad = run_cli("control", "revoke", "not an id", "--broker", broker_url)
+    assert bad.returncode == 2
+    assert "not a task id" in bad.stderr
+    misplaced = run_cli("control", "shutdown", "--terminate", "--broker", broker_url)
+    assert misplaced.returncode == 2

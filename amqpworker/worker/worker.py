@@ -26,12 +26,14 @@ from zoneinfo import ZoneInfo
 from ..app import App
 from ..app.publisher import Publisher
 from ..broker import Broker, Consumer, Delivery
+from ..broker.events import EventSender
 from ..log import get_logger, hide_password
 from ..loop import resolved
 from ..topology import QueueSpec
 from .control import RemoteControl
 from .pipeline import Job, Proceed, compose
 from .pool import TaskThreads
+from .presence import Presence
 from .settle import Settler
 from .stats import WorkerStats
 from .steps import Eta, Slots, default_steps
@@ -79,6 +81,8 @@ class Worker:
         self._consumer: Broker | None = None
         self._publisher: Broker | None = None
         self._consumers: dict[str, Consumer] = {}
+        self._events: EventSender | None = None
+        self._presence: Presence | None = None
         self._settle: Settler
         self._slots: Slots
         self._eta: Eta
@@ -133,9 +137,12 @@ class Worker:
     def _build_pipeline(self, publisher: Broker) -> None:
         conf = self.app.conf
         self._settle = Settler(publisher, self.stats, self.topology)
+        sender = Publisher(publisher, conf, self.app.serializers, lambda: self.app.topology)
+        if conf.task_send_sent_event:
+            sender.events = self._events
         steps = default_steps(
             app=self.app,
-            publisher=Publisher(publisher, conf, self.app.serializers, lambda: self.app.topology),
+            publisher=sender,
             settle=self._settle,
             stats=self.stats,
             specs=self._specs,
@@ -144,6 +151,7 @@ class Worker:
             hostname=self.hostname,
             timezone=ZoneInfo(conf.timezone),
             accepted=self.app.serializers.content_types(conf.accept_content),
+            events=self._events if conf.worker_send_task_events else None,
         )
         self._slots = next(step for step in steps if isinstance(step, Slots))
         self._eta = next(step for step in steps if isinstance(step, Eta))
@@ -161,6 +169,7 @@ class Worker:
         try:
             await self._publisher.connect()
             await self._consumer.connect()
+            await self._start_events(self._publisher)
             self._build_pipeline(self._publisher)
             setup = await self._consumer.channel()
             await self._consumer.declare_for_worker(
@@ -171,6 +180,8 @@ class Worker:
                 await self._consume(name)
             if self.app.conf.worker_enable_remote_control:
                 await RemoteControl(self).start()
+            if self._presence is not None:
+                self._presence.online()
             log.info("consuming", queues=self.queues, hostname=self.hostname)
             self._ready.set()
             await self._stop.wait()
@@ -179,13 +190,33 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await consumer.cancel()
             await self._drain()
+            if self._presence is not None:
+                self._presence.offline()
         finally:
+            if self._presence is not None:
+                self._presence.stop()
+            if self._events is not None:
+                await self._events.close()
             await self._consumer.close()
             await self._publisher.close()
             await self.app.aclose()  # a client the tasks used on this loop
             if self._threads is not None:
                 self._threads.shutdown()
             log.info("stopped", **{k: v for k, v in vars(self.stats).items() if k != "by_task"})
+
+    async def _start_events(self, publisher: Broker) -> None:
+        """The event sender, when this worker sends events or announces what it sends."""
+        conf = self.app.conf
+        if not (conf.worker_send_task_events or conf.task_send_sent_event):
+            return
+        self._events = EventSender(publisher, self.hostname)
+        await self._events.start()
+        if conf.worker_send_task_events:
+            self._presence = Presence(
+                self._events,
+                active=lambda: len(self._slots.active),
+                processed=lambda: sum(self.stats.by_task.values()),
+            )
 
     async def _drain(self) -> None:
         for delivery in list(self._slots.waiting):

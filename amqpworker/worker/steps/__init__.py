@@ -12,6 +12,7 @@ import datetime as dt
 
 from ...app import App
 from ...app.publisher import Publisher
+from ...broker.events import EventSender
 from ...topology import QueueSpec
 from ..pipeline import Step
 from ..pool import TaskThreads
@@ -23,6 +24,7 @@ from .continuation import ContinueWorkflow
 from .copies import Copies, Ledger
 from .decode import Decode
 from .eta import Eta
+from .events import AnnounceEnding, AnnounceReceived, AnnounceRun
 from .execute import Execute
 from .expiry import Expiry
 from .joins import Joins
@@ -47,23 +49,31 @@ def default_steps(
     hostname: str,
     timezone: dt.tzinfo,
     accepted: frozenset[str],
+    events: EventSender | None = None,
 ) -> list[Step]:
+    """The steps in order; with ``events``, the three that send task events join them."""
     reporter = Reporter(publisher)
     ledger = Ledger()
     workflow = Workflow(app, publisher)
     redeliveries = Redeliveries(settle, specs)
+    received: list[Step] = [AnnounceReceived(events)] if events else []
+    ending: list[Step] = [AnnounceEnding(events)] if events else []
+    run: list[Step] = [AnnounceRun(events)] if events else []
     return [
         Acknowledge(settle),
         redeliveries,
         Decode(app.serializers, accepted, timezone, reporter),
+        *received,
         Copies(ledger, reporter),
         Eta(publisher, reporter),
         Joins(workflow),
         Lookup(app, reporter),
         Slots(concurrency, ledger, reporter, redeliveries, hostname, settle),
+        *ending,
         Expiry(reporter),
         ContinueWorkflow(workflow),
         Report(reporter, ledger),
         Retries(publisher, reporter, ledger, timezone),
+        *run,
         Execute(threads, settle, stats),
     ]

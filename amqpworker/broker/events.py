@@ -2,7 +2,8 @@
 
 Sending an event never slows or fails the work it describes. :class:`EventSender`
 only appends the event to a bounded buffer; a task of its own encodes and publishes the
-buffer on a channel of its own, without publisher confirms. An event that cannot be
+buffer on a channel of its own, without publisher confirms, every :data:`LINGER`
+seconds at most, with the events of one type in one message. An event that cannot be
 sent (the buffer is full, the connection is down) is dropped and counted, and the count
 is logged now and then.
 
@@ -24,7 +25,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChannel
 
 from ..log import get_logger
-from ..wire.events import EVENT_EXCHANGE, Event, Stamper, encode_event
+from ..wire.events import EVENT_EXCHANGE, TASK_EVENT_ORDER, Event, Stamper, encode_events
 from .connection import Broker, properties_of
 from .consumer import Consumer, Delivery
 
@@ -36,6 +37,10 @@ SEND_BUFFER = 10_000
 DROP_REPORT_INTERVAL = 30.0
 #: Seconds a closing sender gives its buffer to go out (worker-offline among them).
 FLUSH_TIMEOUT = 2.0
+#: Seconds an event waits for others to go out with it.
+LINGER = 0.1
+#: The most events one message carries (a JSON list of events of one type).
+EVENTS_PER_MESSAGE = 500
 #: Events a monitor holds unacknowledged; the rest wait in (and expire from) its queue.
 MONITOR_PREFETCH = 1000
 
@@ -60,6 +65,7 @@ class EventSender:
         self._closing = False
         self._dropped_reported = 0
         self._last_report = 0.0
+        self._last_reason = ""
 
     @property
     def hostname(self) -> str:
@@ -104,6 +110,10 @@ class EventSender:
     async def _publish_forever(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._closing:
+                # Events sent meanwhile go out with this one: a message per event would
+                # cost more than the work it describes.
+                await asyncio.sleep(LINGER)
             self._wake.clear()
             batch, self._pending = self._pending, []
             if batch:
@@ -112,35 +122,50 @@ class EventSender:
                 return
 
     async def _publish(self, batch: Sequence[Event]) -> None:
+        """Publish what was sent since the last time: one message per type (and chunk).
+
+        A socket write per event would cost as much as the task it describes; events
+        of one type go out together, in the order one task goes through them.
+        """
+        groups: dict[str, list[Event]] = {kind: [] for kind in TASK_EVENT_ORDER}
+        for event in batch:
+            groups.setdefault(event["type"], []).append(event)
+        left = len(batch)
         channel = self._channel
-        for index, event in enumerate(batch):
-            try:
-                assert channel is not None
-                if channel.is_closed:
-                    raise ConnectionError("the event channel is closed")
-                envelope, key = encode_event(event)
-                underlay = await channel.get_underlay_channel()
-                await underlay.basic_publish(
-                    envelope.body,
-                    exchange=EVENT_EXCHANGE,
-                    routing_key=key,
-                    properties=properties_of(envelope),
-                    mandatory=False,
-                )
-                self.sent += 1
-            except Exception as exc:  # best effort: whatever went wrong, it is dropped
-                self._drop(len(batch) - index, f"{type(exc).__name__}: {exc}")
-                return
+        for events in groups.values():
+            for start in range(0, len(events), EVENTS_PER_MESSAGE):
+                chunk = events[start : start + EVENTS_PER_MESSAGE]
+                try:
+                    assert channel is not None
+                    if channel.is_closed:
+                        raise ConnectionError("the event channel is closed")
+                    envelope, key = encode_events(chunk)
+                    underlay = await channel.get_underlay_channel()
+                    await underlay.basic_publish(
+                        envelope.body,
+                        exchange=EVENT_EXCHANGE,
+                        routing_key=key,
+                        properties=properties_of(envelope),
+                        mandatory=False,
+                    )
+                except Exception as exc:  # best effort: whatever went wrong, it is dropped
+                    self._drop(left, f"{type(exc).__name__}: {exc}")
+                    return
+                self.sent += len(chunk)
+                left -= len(chunk)
 
     def _drop(self, count: int, why: str) -> None:
         self.dropped += count
-        self._report_drops(why=why)
+        self._last_reason = why
+        self._report_drops()
 
-    def _report_drops(self, why: str | None = None, force: bool = False) -> None:
+    def _report_drops(self, force: bool = False) -> None:
         now = time.monotonic()
         unreported = self.dropped - self._dropped_reported
         if unreported and (force or now - self._last_report >= DROP_REPORT_INTERVAL):
-            log.warning("events dropped", dropped=unreported, total=self.dropped, reason=why)
+            log.warning(
+                "events dropped", dropped=unreported, total=self.dropped, last=self._last_reason
+            )
             self._dropped_reported = self.dropped
             self._last_report = now
 

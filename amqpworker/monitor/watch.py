@@ -26,7 +26,7 @@ from ..broker import Broker, Delivery
 from ..broker.events import consume_events
 from ..exceptions import DeliveryLost
 from ..settings import Settings
-from ..wire.events import Event, MalformedEvent, decode_event
+from ..wire.events import Event, MalformedEvent, decode_events
 from .state import MonitorState
 from .view import render
 
@@ -58,11 +58,13 @@ class Reader:
         with contextlib.suppress(DeliveryLost):
             delivery.ack_soon()
         try:
-            event = decode_event(delivery.envelope)
+            events, problems = decode_events(delivery.envelope)
         except MalformedEvent as exc:
-            self._malformed(str(exc))
-            return
-        self.on_event(event)
+            events, problems = [], [str(exc)]
+        for problem in problems:
+            self._malformed(problem)
+        for event in events:
+            self.on_event(event)
 
     def _malformed(self, why: str) -> None:
         self.malformed += 1

@@ -2,7 +2,9 @@
 
 An event is a flat JSON object published to the topic exchange :data:`EVENT_EXCHANGE`
 with a routing key made from its type (``task-succeeded`` goes out as
-``task.succeeded``), so a monitor binds ``task.#``, ``worker.#`` or ``#``. Every event
+``task.succeeded``), so a monitor binds ``task.#``, ``worker.#`` or ``#``. Several
+events of one type sent together travel as one message, a JSON list of them (Celery's
+workers buffer events the same way). Every event
 has ``type``, ``hostname``, ``timestamp`` (seconds since the epoch), ``utcoffset``
 (hours), ``pid`` and ``clock`` (a counter of the sender's events, in order); each type
 adds Celery's fields for it (see ``docs/operations.md``). Arguments, keyword arguments
@@ -15,7 +17,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..exceptions import MalformedMessage
@@ -25,18 +27,19 @@ from .serializers import json_default
 EVENT_EXCHANGE = "amqpworker.events"
 CONTENT_TYPE = "application/json"
 
-TASK_EVENTS = frozenset(
-    {
-        "task-sent",
-        "task-received",
-        "task-started",
-        "task-succeeded",
-        "task-failed",
-        "task-retried",
-        "task-revoked",
-        "task-rejected",
-    }
+#: Task events in the order one task goes through them. Events sent together are
+#: published grouped by type in this order, so one task's events stay in order.
+TASK_EVENT_ORDER = (
+    "task-sent",
+    "task-received",
+    "task-started",
+    "task-succeeded",
+    "task-failed",
+    "task-retried",
+    "task-revoked",
+    "task-rejected",
 )
+TASK_EVENTS = frozenset(TASK_EVENT_ORDER)
 WORKER_EVENTS = frozenset({"worker-online", "worker-heartbeat", "worker-offline"})
 EVENT_TYPES = TASK_EVENTS | WORKER_EVENTS
 
@@ -115,13 +118,21 @@ def describe_task(message: TaskMessage) -> dict[str, Any]:
     }
 
 
-def encode_event(event: Mapping[str, Any]) -> tuple[Envelope, str]:
-    """An event as a message, and the routing key to publish it with."""
-    event_type = str(event["type"])
-    body = json.dumps(event, default=_lenient, separators=(",", ":")).encode()
+def encode_events(events: Sequence[Mapping[str, Any]]) -> tuple[Envelope, str]:
+    """Events of one type as one message, and the routing key to publish it with.
+
+    One event is a JSON object; several are a JSON list of them, which is how Celery's
+    workers send buffered events too (its receivers read both).
+    """
+    if not events:
+        raise ValueError("no events to encode")
+    event_type = str(events[0]["type"])
+    if any(event["type"] != event_type for event in events):
+        raise ValueError("events of one message must all be of one type")
+    value: Any = events[0] if len(events) == 1 else list(events)
+    body = json.dumps(value, default=_lenient, separators=(",", ":")).encode()
     envelope = Envelope(
         body=body,
-        headers={"hostname": str(event.get("hostname", ""))},
         content_type=CONTENT_TYPE,
         content_encoding="utf-8",
         type=event_type,
@@ -130,19 +141,37 @@ def encode_event(event: Mapping[str, Any]) -> tuple[Envelope, str]:
     return envelope, routing_key(event_type)
 
 
-def decode_event(envelope: Envelope) -> Event:
-    """Read an event; anything malformed raises :class:`MalformedEvent` saying what.
+def decode_events(envelope: Envelope) -> tuple[list[Event], list[str]]:
+    """The events in a message, and what is wrong with those that cannot be read.
+
+    Raises:
+        MalformedEvent: the message as a whole cannot be read (not JSON, neither an
+            object nor a list).
+    """
+    if envelope.content_type not in (None, "", CONTENT_TYPE):
+        raise MalformedEvent(f"event content type is {envelope.content_type!r}, not JSON")
+    try:
+        value = json.loads(envelope.body)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedEvent(f"event body is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(value, (dict, list)):
+        raise MalformedEvent(f"event must be a JSON object or list, not {type(value).__name__}")
+    events, problems = [], []
+    for item in value if isinstance(value, list) else [value]:
+        try:
+            events.append(check_event(item))
+        except MalformedEvent as exc:
+            problems.append(str(exc))
+    return events, problems
+
+
+def check_event(event: Any) -> Event:
+    """``event`` if it is one; else :class:`MalformedEvent` saying what is wrong.
 
     Types other than Celery's are read as long as they have a ``type`` and a
     ``hostname`` (a sender may have events of its own); Celery's are checked for the
     fields a monitor relies on.
     """
-    if envelope.content_type not in (None, "", CONTENT_TYPE):
-        raise MalformedEvent(f"event content type is {envelope.content_type!r}, not JSON")
-    try:
-        event = json.loads(envelope.body)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedEvent(f"event body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(event, dict):
         raise MalformedEvent(f"event must be a JSON object, not {type(event).__name__}")
     event_type = event.get("type")

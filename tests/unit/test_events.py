@@ -17,9 +17,9 @@ from amqpworker.wire import Envelope, TaskMessage
 from amqpworker.wire.events import (
     MalformedEvent,
     Stamper,
-    decode_event,
+    decode_events,
     describe_task,
-    encode_event,
+    encode_events,
     routing_key,
 )
 from amqpworker.worker.stats import WorkerStats
@@ -36,11 +36,13 @@ def test_an_event_goes_out_as_json_and_comes_back() -> None:
     stamper = Stamper("w1@host")
     message = TaskMessage("tasks.add", (1, "x"), {"k": [1]}, id="t1", retries=2)
     event = stamper.event("task-received", describe_task(message))
-    envelope, key = encode_event(event)
+    envelope, key = encode_events([event])
     assert key == "task.received"
     assert envelope.content_type == "application/json"
     assert not envelope.persistent
-    decoded = decode_event(envelope)
+    assert isinstance(json.loads(envelope.body), dict)  # one event: an object, as Celery's
+    [decoded], problems = decode_events(envelope)
+    assert problems == []
     assert decoded == json.loads(envelope.body)
     assert decoded["uuid"] == "t1"
     assert decoded["name"] == "tasks.add"
@@ -52,6 +54,25 @@ def test_an_event_goes_out_as_json_and_comes_back() -> None:
     assert stamper.event("task-started", {"uuid": "t1"})["clock"] == decoded["clock"] + 1
 
 
+def test_events_of_one_type_travel_together_as_a_list() -> None:
+    stamper = Stamper("w1@host")
+    events = [stamper.event("task-started", {"uuid": f"t{i}"}) for i in range(3)]
+    envelope, key = encode_events(events)
+    assert key == "task.started"
+    decoded, problems = decode_events(envelope)
+    assert [event["uuid"] for event in decoded] == ["t0", "t1", "t2"]
+    assert problems == []
+    with pytest.raises(ValueError, match="one type"):
+        encode_events([events[0], stamper.event("task-failed", {"uuid": "t0"})])
+
+
+def test_a_bad_event_in_a_list_is_reported_and_the_others_read() -> None:
+    body = json.dumps([{"type": "task-started", "hostname": "h", "uuid": "a"}, 7, {}])
+    events, problems = decode_events(Envelope(body=body.encode()))
+    assert [event["uuid"] for event in events] == ["a"]
+    assert problems == ["event must be a JSON object, not int", "event has no 'type' string"]
+
+
 def test_long_arguments_are_cut_and_unrepresentable_ones_described() -> None:
     class Broken:
         def __repr__(self) -> str:
@@ -61,7 +82,7 @@ def test_long_arguments_are_cut_and_unrepresentable_ones_described() -> None:
     assert len(fields["args"]) == 1024
     assert fields["args"].endswith("...")
     assert describe_task(TaskMessage("t", (Broken(),)))["args"].startswith("<unrepresentable")
-    envelope, _ = encode_event({"type": "task-succeeded", "result": Broken()})
+    envelope, _ = encode_events([{"type": "task-succeeded", "result": Broken()}])
     assert "unrepresentable Broken" in json.loads(envelope.body)["result"]
 
 
@@ -69,7 +90,8 @@ def test_long_arguments_are_cut_and_unrepresentable_ones_described() -> None:
     ("body", "content_type", "says"),
     [
         (b"not json", None, "not JSON"),
-        (b"[1, 2]", None, "must be a JSON object"),
+        (b"7", None, "must be a JSON object or list"),
+        (b"[1]", None, "must be a JSON object, not int"),
         (b'{"hostname": "h"}', None, "no 'type'"),
         (b'{"type": "task-started"}', None, "no 'hostname'"),
         (b'{"type": "task-started", "hostname": "h"}', None, "no 'uuid'"),
@@ -82,12 +104,18 @@ def test_long_arguments_are_cut_and_unrepresentable_ones_described() -> None:
 def test_a_malformed_event_is_a_clear_error(
     body: bytes, content_type: str | None, says: str
 ) -> None:
-    with pytest.raises(MalformedEvent, match=says):
-        decode_event(Envelope(body=body, content_type=content_type))
+    try:
+        events, problems = decode_events(Envelope(body=body, content_type=content_type))
+    except MalformedEvent as exc:
+        problems = [str(exc)]
+    else:
+        assert events == []
+    [problem] = problems
+    assert says in problem
 
 
 def test_events_of_other_types_are_read() -> None:
-    event = decode_event(Envelope(body=b'{"type": "custom-thing", "hostname": "h"}'))
+    [event], _ = decode_events(Envelope(body=b'{"type": "custom-thing", "hostname": "h"}'))
     assert event["type"] == "custom-thing"
 
 
@@ -180,3 +208,44 @@ async def test_event_steps_are_in_the_pipeline_only_when_events_are_on() -> None
     assert names.index("AnnounceReceived") == names.index("Decode") + 1
     assert names.index("AnnounceEnding") == names.index("Slots") + 1
     assert names.index("AnnounceRun") == names.index("Execute") - 1
+
+
+class FakeUnderlay:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Any]] = []
+
+    async def basic_publish(
+        self, body: bytes, *, exchange: str, routing_key: str, **_: Any
+    ) -> None:
+        self.published.append((routing_key, json.loads(body)))
+
+
+class FakeChannel:
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.underlay = FakeUnderlay()
+
+    async def get_underlay_channel(self) -> FakeUnderlay:
+        return self.underlay
+
+
+async def test_events_sent_together_go_out_by_type_in_a_tasks_order() -> None:
+    sender = EventSender(cast(Broker, None), "w1")
+    channel = FakeChannel()
+    sender._channel = cast(Any, channel)
+    batch = [
+        sender.stamper.event(kind, {"uuid": uuid})
+        for kind, uuid in [
+            ("task-succeeded", "a"),
+            ("task-received", "b"),
+            ("task-started", "b"),
+            ("task-succeeded", "b"),
+            ("worker-heartbeat", ""),
+        ]
+    ]
+    await sender._publish(batch)
+    keys = [key for key, _ in channel.underlay.published]
+    assert keys == ["task.received", "task.started", "task.succeeded", "worker.heartbeat"]
+    assert [event["uuid"] for event in channel.underlay.published[2][1]] == ["a", "b"]
+    assert sender.sent == 5

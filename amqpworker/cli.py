@@ -1,4 +1,4 @@
-"""The ``amqpworker`` command: serve, call, inspect, control, topology, dlq.
+"""The ``amqpworker`` command: serve, call, inspect, control, events, topology, dlq.
 
 Every bad argument (an app path that does not import, a queue list with empty names, a
 JSON argument that does not parse) is reported by click as a usage error that names the
@@ -23,6 +23,8 @@ from .broker import admin
 from .exceptions import AmqpWorkerError, ImproperlyConfigured
 from .log import configure_logging
 from .loop import LoopKind, loop_factory, run
+from .monitor import watch
+from .monitor.watch import MAX_LENGTH
 from .settings import Settings, load_settings
 from .topology import Topology
 from .worker import Worker
@@ -146,6 +148,13 @@ def main() -> None:
     "--metrics-host",
     help="Address the metrics port listens on (default: worker_metrics_host, 0.0.0.0).",
 )
+@click.option(
+    "-E",
+    "--events",
+    is_flag=True,
+    default=False,
+    help="Send task and worker events (the worker_send_task_events setting).",
+)
 def serve(
     app: App,
     queues: list[str] | None,
@@ -160,6 +169,7 @@ def serve(
     event_loop: LoopKind | None,
     metrics_port: int | None,
     metrics_host: str | None,
+    events: bool,
 ) -> None:
     """Consume queues and run tasks until SIGTERM."""
     configure_logging(
@@ -170,6 +180,8 @@ def serve(
             app.conf.routing_file = Path(routing)
         if event_loop:
             app.conf.event_loop = event_loop
+        if events:
+            app.conf.worker_send_task_events = True
         loop_factory(app.conf.event_loop)  # uvloop asked for but missing: a usage error
         app.import_includes()
         worker = Worker(
@@ -569,3 +581,35 @@ def control_workers(
     _show_replies(
         {name: value for reply in replies or [] for name, value in reply.items()}, timeout, as_json
     )
+
+
+# Events: watching what workers and callers do.
+
+
+@main.command("events")
+@optional_app_option
+@broker_option
+@click.option("--dump", is_flag=True, help="Print every event as one JSON line, for scripts.")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=1),
+    default=MAX_LENGTH,
+    show_default=True,
+    help="Events the monitor's queue holds; past it the oldest are dropped.",
+)
+@click.option(
+    "--only",
+    type=click.Choice(["task", "worker"]),
+    help="Only task events or only worker events (default: both).",
+)
+def events(
+    app: App | None, broker: str | None, dump: bool, max_length: int, only: str | None
+) -> None:
+    """Watch task and worker events: a live view, or JSON lines with --dump.
+
+    Workers send events with `serve -E` (worker_send_task_events); callers send
+    task-sent with the task_send_sent_event setting. Ctrl-C ends it.
+    """
+    conf = _settings(app, broker)
+    keys = (f"{only}.#",) if only else ("#",)
+    _run(watch(conf, dump=dump, max_length=max_length, keys=keys))

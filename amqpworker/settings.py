@@ -133,6 +133,16 @@ class Settings(BaseSettings):
     #: fails. A sync task under ``--pool asyncio`` holds the loop while it runs.
     worker_health_loop_timeout: Annotated[float, Field(gt=0)] = 10.0
 
+    # Events (see docs/operations.md): off by default, and then free.
+    #: Workers publish task events and worker-online/heartbeat/offline (``serve -E``).
+    worker_send_task_events: bool = False
+    #: Callers publish task-sent for every task they send.
+    task_send_sent_event: bool = False
+    #: Seconds an event waits in a monitor's queue before the broker drops it.
+    event_queue_ttl: Annotated[float, Field(gt=0)] = 5.0
+    #: Seconds a monitor's queue outlives its consumer (it is exclusive: its connection).
+    event_queue_expires: Annotated[float, Field(gt=0)] = 60.0
+
     # Beat
     beat_schedule: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

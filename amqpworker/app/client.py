@@ -14,11 +14,13 @@ import uuid
 from collections.abc import Callable
 
 from ..broker import Broker, Consumer
+from ..broker.events import EventSender
 from ..exceptions import DecodeError, MessageError
 from ..log import get_logger
 from ..settings import Settings
 from ..topology import Topology
 from ..wire import Envelope, ResultMessage, SerializerRegistry
+from ..wire.events import caller_name
 from .publisher import Publisher
 from .results import ResultHub
 
@@ -46,8 +48,13 @@ class Client(Publisher):
 
     async def start(self) -> None:
         await self.broker.connect()
+        if self.conf.task_send_sent_event:
+            self.events = EventSender(self.broker, caller_name())
+            await self.events.start()
 
     async def close(self) -> None:
+        if self.events is not None:
+            await self.events.close()
         if self._replies is not None and self._reply_to is not None:
             # It would outlive us by its x-expires otherwise.
             with contextlib.suppress(Exception):

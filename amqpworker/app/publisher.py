@@ -4,6 +4,7 @@ What a caller and a worker both do: encode task messages and send each to its
 destination or into the delay levels, declare what they need on the way, and send
 states to a caller's reply queue. A :class:`~.client.Client` adds a reply queue and
 its result hub on top; a worker uses a publisher of its own, on its own connection.
+With ``task_send_sent_event``, each task sent is announced by a task-sent event.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from collections.abc import Callable, Sequence
 
 from .. import delay
 from ..broker import Broker, Outgoing, chord
+from ..broker.events import EventSender
 from ..exceptions import UnroutableError
 from ..log import get_logger
 from ..settings import Settings
 from ..topology import Topology
 from ..wire import ResultMessage, SerializerRegistry, TaskMessage
+from ..wire.events import describe_task
 from ..wire.serializers import Serializer
 from .routing import Destination
 
@@ -38,27 +41,53 @@ class Publisher:
         self.conf = conf
         self.serializers = serializers
         self.topology = topology
+        #: Where task-sent events go (``task_send_sent_event``); None: not sent.
+        self.events: EventSender | None = None
 
     async def publish_tasks(
-        self, messages: Sequence[tuple[TaskMessage, Destination, Serializer]]
+        self,
+        messages: Sequence[tuple[TaskMessage, Destination, Serializer]],
+        *,
+        announce: bool = True,
     ) -> None:
-        """Publish task messages, declaring missing queues first; one confirm wait for all."""
+        """Publish task messages, declaring missing queues first; one confirm wait for all.
+
+        Once they are confirmed, each is announced by a task-sent event when events are
+        on and ``announce`` (a task sent again on its way, such as an early one, is not).
+        """
         outgoing = await self.outgoing(messages)
         if len(outgoing) == 1:
             await self.broker.publish(*outgoing[0])
         else:
             await self.broker.publish_many(outgoing)
+        if self.events is not None and announce:
+            for message, destination, _ in messages:
+                self.events.send(
+                    "task-sent",
+                    {
+                        **describe_task(message),
+                        "queue": destination.queue,
+                        "exchange": destination.exchange,
+                        "routing_key": destination.routing_key,
+                    },
+                )
 
     async def publish_to_queue(
-        self, queue: str, message: TaskMessage, content_type: str | None = None
+        self,
+        queue: str,
+        message: TaskMessage,
+        content_type: str | None = None,
+        *,
+        announce: bool = False,
     ) -> None:
         """Publish a task straight to ``queue`` (delayed if its eta says so).
 
-        How a worker sends a task again: an early message, a retry, a chord join.
+        How a worker sends a task again: an early message, a retry, a chord join. Only
+        a retry is a new run, announced by task-sent (``announce``).
         """
         serializer = self.serializers.get(content_type or "json")
         destination = Destination("", queue, queue, message.priority)
-        await self.publish_tasks([(message, destination, serializer)])
+        await self.publish_tasks([(message, destination, serializer)], announce=announce)
 
     async def outgoing(
         self, messages: Sequence[tuple[TaskMessage, Destination, Serializer]]

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 from ..app import App
 from ..app.publisher import Publisher
 from ..broker import Broker, Consumer, Delivery
+from ..broker.events import EventSender
 from ..log import get_logger, hide_password
 from ..loop import resolved
 from ..topology import QueueSpec
@@ -33,6 +34,7 @@ from .control import RemoteControl
 from .health import Look
 from .pipeline import Job, Proceed, compose
 from .pool import TaskThreads
+from .presence import Presence
 from .revocations import Revocations
 from .settle import Settler
 from .stats import WorkerStats
@@ -91,6 +93,8 @@ class Worker:
         self._publisher: Broker | None = None
         self._consumers: dict[str, Consumer] = {}
         self.revocations = Revocations()
+        self._events: EventSender | None = None
+        self._presence: Presence | None = None
         self._settle: Settler
         self._slots: Slots
         self._eta: Eta
@@ -154,9 +158,12 @@ class Worker:
     def _build_pipeline(self, publisher: Broker) -> None:
         conf = self.app.conf
         self._settle = Settler(publisher, self.stats, self.topology)
+        sender = Publisher(publisher, conf, self.app.serializers, lambda: self.app.topology)
+        if conf.task_send_sent_event:
+            sender.events = self._events
         steps = default_steps(
             app=self.app,
-            publisher=Publisher(publisher, conf, self.app.serializers, lambda: self.app.topology),
+            publisher=sender,
             settle=self._settle,
             stats=self.stats,
             specs=self._specs,
@@ -167,6 +174,7 @@ class Worker:
             accepted=self.app.serializers.content_types(conf.accept_content),
             revocations=self.revocations,
             metrics=self._monitoring.metrics if self._monitoring is not None else None,
+            events=self._events if conf.worker_send_task_events else None,
         )
         self._slots = next(step for step in steps if isinstance(step, Slots))
         self._eta = next(step for step in steps if isinstance(step, Eta))
@@ -196,6 +204,7 @@ class Worker:
         try:
             await self._publisher.connect()
             await self._consumer.connect()
+            await self._start_events(self._publisher)
             self._build_pipeline(self._publisher)
             setup = await self._consumer.channel()
             await self._consumer.declare_for_worker(
@@ -208,6 +217,8 @@ class Worker:
                 await self._consume(name)
             if self.app.conf.worker_enable_remote_control:
                 await RemoteControl(self).start()
+            if self._presence is not None:
+                self._presence.online()
             log.info("consuming", queues=self.queues, hostname=self.hostname)
             self._ready.set()
             self._tell_health()
@@ -218,7 +229,13 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await consumer.cancel()
             await self._drain()
+            if self._presence is not None:
+                self._presence.offline()
         finally:
+            if self._presence is not None:
+                self._presence.stop()
+            if self._events is not None:
+                await self._events.close()
             await self._consumer.close()
             await self._publisher.close()
             await self.app.aclose()  # a client the tasks used on this loop
@@ -227,6 +244,20 @@ class Worker:
             if self._monitoring is not None:
                 self._monitoring.close()
             log.info("stopped", **self.stats.counters())
+
+    async def _start_events(self, publisher: Broker) -> None:
+        """The event sender, when this worker sends events or announces what it sends."""
+        conf = self.app.conf
+        if not (conf.worker_send_task_events or conf.task_send_sent_event):
+            return
+        self._events = EventSender(publisher, self.hostname)
+        await self._events.start()
+        if conf.worker_send_task_events:
+            self._presence = Presence(
+                self._events,
+                active=lambda: len(self._slots.active),
+                processed=lambda: sum(self.stats.by_task.values()),
+            )
 
     async def _drain(self) -> None:
         waiting = [self._slots.waiting]

@@ -12,6 +12,7 @@ import datetime as dt
 
 from ...app import App
 from ...app.publisher import Publisher
+from ...broker.events import EventSender
 from ...topology import QueueSpec
 from ..pipeline import Step
 from ..pool import TaskThreads
@@ -24,6 +25,7 @@ from .continuation import ContinueWorkflow
 from .copies import Copies, Ledger
 from .decode import Decode
 from .eta import Eta
+from .events import AnnounceEnding, AnnounceReceived, AnnounceRun
 from .execute import Execute
 from .joins import Joins
 from .lookup import Lookup
@@ -61,27 +63,38 @@ def default_steps(
     accepted: frozenset[str],
     revocations: Revocations,
     metrics: RunObserver | None = None,
+    events: EventSender | None = None,
 ) -> list[Step]:
-    """The steps in order; ``metrics`` adds the one that times each run (only then)."""
+    """The steps in order.
+
+    Only when asked for: ``metrics`` adds the step that times each run, ``events`` the
+    three that send task events.
+    """
     reporter = Reporter(publisher)
     ledger = Ledger()
     workflow = Workflow(app, publisher)
     redeliveries = Redeliveries(settle, specs)
+    received: list[Step] = [AnnounceReceived(events)] if events else []
+    ending: list[Step] = [AnnounceEnding(events)] if events else []
+    run: list[Step] = [AnnounceRun(events)] if events else []
     return [
         Acknowledge(settle),
         redeliveries,
         Decode(app.serializers, accepted, timezone, reporter),
+        *received,
         Copies(ledger, reporter),
         Eta(publisher, reporter),
         Joins(workflow),
         Lookup(app, reporter),
         *rate_limits(app, publisher),
         Slots(concurrency, ledger, reporter, redeliveries, hostname, settle),
+        *ending,
         Revoked(revocations, reporter, stats),
         ContinueWorkflow(workflow),
         Report(reporter, ledger),
         Retries(publisher, reporter, ledger, timezone),
         *([Measure(metrics)] if metrics is not None else []),
+        *run,
         Execute(threads, settle, stats),
     ]
 

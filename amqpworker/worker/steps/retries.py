@@ -79,7 +79,7 @@ class Retries(Step):
         )
         try:
             await self.publisher.publish_to_queue(
-                job.delivery.queue, again, job.delivery.envelope.content_type
+                job.delivery.queue, again, job.delivery.envelope.content_type, announce=True
             )
         except (TypeError, ValueError) as exc:
             # Not the broker's fault (an eta past the delay levels' reach): it never will be.

@@ -22,6 +22,7 @@ from amqpworker.wire.events import (
     encode_events,
     routing_key,
 )
+from amqpworker.worker.revocations import Revocations
 from amqpworker.worker.stats import WorkerStats
 from amqpworker.worker.steps import default_steps
 from amqpworker.worker.steps.events import AnnounceEnding, AnnounceReceived, AnnounceRun
@@ -197,6 +198,7 @@ def _steps(events: EventSender | None) -> list[Any]:
         hostname="w1",
         timezone=dt.timezone.utc,
         accepted=frozenset(),
+        revocations=Revocations(),
         events=events,
     )
 

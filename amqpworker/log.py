@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -91,8 +91,17 @@ def get_task_logger(name: str) -> Any:
 @contextmanager
 def bound(**values: Any) -> Iterator[None]:
     """Bind context variables for the duration of a block (a task run, a delivery)."""
-    tokens = structlog.contextvars.bind_contextvars(**values)
+    tokens = bind(**values)
     try:
         yield
     finally:
-        structlog.contextvars.reset_contextvars(**tokens)
+        unbind(tokens)
+
+
+#: :func:`bound` without a context manager, for the worker's hot path: ``tokens =
+#: bind(...)``, then ``unbind(tokens)`` in a ``finally``.
+bind = structlog.contextvars.bind_contextvars
+
+
+def unbind(tokens: Mapping[str, Any]) -> None:
+    structlog.contextvars.reset_contextvars(**tokens)

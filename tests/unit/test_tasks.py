@@ -10,6 +10,7 @@ import pytest
 
 from amqpworker import App, ImproperlyConfigured, Request, Task
 from amqpworker.exceptions import DuplicateTaskError
+from amqpworker.wire import TaskMessage
 
 
 def test_decorator_without_parentheses(app: App) -> None:
@@ -287,3 +288,25 @@ def test_effective_options_follow_later_setting_changes(app: App) -> None:
     assert job.effective_acks_late is True
     app.conf.task_acks_late = False
     assert job.effective_acks_late is False
+
+
+def test_a_request_from_a_message_has_every_field_and_nothing_shared() -> None:
+    message = TaskMessage(task="t.add", args=[1], kwargs={"y": 2}, parent_id="p", group_id="g")
+    first = Request.from_message(message, hostname="w@h")
+    second = Request.from_message(message)
+    assert first == Request(
+        id=message.id,
+        task="t.add",
+        args=[1],
+        kwargs={"y": 2},
+        root_id=message.root_id,
+        parent_id="p",
+        group="g",
+        reply_to=message.reply_to,
+        correlation_id=message.id,
+        headers=message.headers,
+        hostname="w@h",
+        is_eager=False,
+    )
+    first.delivery_info["queue"] = "q"  # type: ignore[index]
+    assert second.delivery_info == {}

@@ -90,7 +90,7 @@ class Report(Step):
 
     async def __call__(self, job: Job) -> None:
         message, task = job.message, job.task
-        if task.effective_track_started and message.reply_to:
+        if message.reply_to and task.effective_track_started:
             await self.reporter.report(
                 message, ResultMessage(message.id, STARTED, None, None, now_iso(), task.name)
             )
@@ -98,7 +98,7 @@ class Report(Step):
         outcome = job.outcome
         if outcome is None or job.retrying:
             return
-        if task.effective_ignore_result or not message.reply_to or message.ignore_result:
+        if not message.reply_to or message.ignore_result or task.effective_ignore_result:
             # It ran: a copy must not run again (nobody waits for its result).
             self.ledger.remember(message, None)
             return

@@ -14,7 +14,7 @@ import time
 
 from ...app.task import Request
 from ...broker import Delivery
-from ...log import bound, get_logger
+from ...log import bind, get_logger, unbind
 from ..pipeline import Job, Step
 from ..settle import Settler
 from .acks import end
@@ -72,16 +72,17 @@ class Slots(Step):
             self.ledger.started(message)  # no await between the check above and here
             job.request = self._request(job)
             self.active[job] = time.time()
+            context = bind(task_id=message.id, task_name=job.task.name)
             try:
-                with bound(task_id=message.id, task_name=job.task.name):
-                    await self.proceed(job)
-                    # Settled while it still holds its slot: the ack goes out with the
-                    # others of this loop turn, before the next job is let in.
-                    await end(job, self.settle)
+                await self.proceed(job)
+                # Settled while it still holds its slot: the ack goes out with the
+                # others of this loop turn, before the next job is let in.
+                await end(job, self.settle)
             except asyncio.CancelledError:
                 log.warning("task interrupted by shutdown; it will run again", task_id=message.id)
                 job.ending = None  # unacked: the broker gives it out again
             finally:
+                unbind(context)
                 del self.active[job]
                 self.running.discard(current)
                 self.ledger.ended(message)

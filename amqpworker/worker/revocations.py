@@ -61,7 +61,17 @@ class Revocations:
 
     async def follow(self, broker: Broker, holds_for: float) -> None:
         """Read what was revoked in the last ``holds_for`` seconds, then keep reading."""
-        await stream.declare(broker, holds_for)
         since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=holds_for)
-        self._consumer = await stream.follow(broker, since, self._on_revocation, CATCH_UP_TIMEOUT)
+        try:
+            await stream.declare(broker, holds_for)
+            self._consumer = await stream.follow(
+                broker, since, self._on_revocation, CATCH_UP_TIMEOUT
+            )
+        except Exception as exc:  # a broker without streams (before RabbitMQ 3.9)
+            log.warning(
+                "cannot read the revocations stream; only revokes sent while this worker "
+                "runs will hold here",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
         log.info("revocations read", revoked=len(self._expires))

@@ -31,6 +31,7 @@ import aio_pika
 import pytest
 
 from amqpworker import App
+from amqpworker.wire.revocations import REVOCATIONS_QUEUE
 
 from .rabbit_node import RabbitNode, node_fixture
 
@@ -170,7 +171,10 @@ def test_delayed_tasks_survive_a_restart_and_run_once_on_time(
     with durable.lock:
         done = list(runs)
     left_on_broker = {
-        name: counts for name, counts in _queue_counts(rabbit).items() if counts != (0, 0)
+        name: counts
+        for name, counts in _queue_counts(rabbit).items()
+        # The revocations stream is a log every worker reads, never emptied by consumers.
+        if counts != (0, 0) and name != REVOCATIONS_QUEUE
     }
     # At-least-once dead-lettering may leave a second copy of a message that moved between
     # delay levels as the broker stopped: allowed, if it is a copy of a task that ran

@@ -35,8 +35,6 @@ SAFE_CONTENT = ("json", "msgpack", "yaml")
 #: Celery's settings that amqpworker does not act on yet: set, they are an error saying
 #: so, rather than accepted and ignored.
 NOT_YET = {
-    "task_time_limit": "time limits are not enforced yet",
-    "task_soft_time_limit": "time limits are not enforced yet",
     "task_always_eager": "eager mode is not built yet",
     "worker_max_tasks_per_child": "the process pool is not built yet",
     "worker_max_memory_per_child": "the process pool is not built yet",

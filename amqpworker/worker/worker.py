@@ -32,6 +32,7 @@ from ..loop import resolved
 from ..topology import QueueSpec
 from .control import RemoteControl
 from .health import Look
+from .limits import start_up_warnings
 from .pipeline import Job, Proceed, compose
 from .pool import TaskThreads
 from .presence import Presence
@@ -199,6 +200,8 @@ class Worker:
             self.install_signal_handlers()
         if self.pool == "threads":
             self._threads = TaskThreads(self._loop, self.concurrency)
+        for warning in start_up_warnings(self.app.tasks.values(), self.app.conf, self.pool):
+            log.warning(warning)
         self._consumer = Broker.for_settings(self.app.conf, f"{self.hostname} consumer")
         self._publisher = Broker.for_settings(self.app.conf, f"{self.hostname} publisher")
         try:

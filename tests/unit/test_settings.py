@@ -324,8 +324,6 @@ def test_password_is_hidden_for_a_non_amqp_broker_url() -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("task_time_limit", 30),
-        ("task_soft_time_limit", 20),
         ("task_always_eager", True),
         ("worker_max_tasks_per_child", 100),
         ("worker_max_memory_per_child", 200_000),

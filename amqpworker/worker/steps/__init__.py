@@ -95,7 +95,7 @@ def default_steps(
         Retries(publisher, reporter, ledger, timezone),
         *([Measure(metrics)] if metrics is not None else []),
         *run,
-        Execute(threads, settle, stats),
+        Execute(threads, settle, stats, app.conf),
     ]
 
 

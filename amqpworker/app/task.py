@@ -37,6 +37,7 @@ TASK_OPTIONS = (
     "routing_key",
     "priority",
     "acks_late",
+    "reject_on_worker_lost",
     "time_limit",
     "soft_time_limit",
     "rate_limit",
@@ -138,6 +139,8 @@ class Task:
     routing_key: str | None = None
     priority: int | None = None
     acks_late: bool | None = None
+    #: None: the ``task_reject_on_worker_lost`` setting (``--pool process``).
+    reject_on_worker_lost: bool | None = None
     time_limit: float | None = None
     soft_time_limit: float | None = None
     #: Celery's rate: ``"10/s"``, ``"200/m"``, ``"1000/h"``, a number per second; per worker.

@@ -150,7 +150,7 @@ class RemoteControl:
             "pool": {
                 "implementation": worker.pool,
                 "max-concurrency": worker.concurrency,
-                "processes": [os.getpid()],
+                "processes": worker.pool_pids(),
             },
             "prefetch_count": worker.prefetch,
             "broker": {"url": worker.consumer_broker.safe_url, "transport": "amqp"},

@@ -256,6 +256,13 @@ def create_app(**settings: Any) -> App:
     def exit_now(code=1):  # type: ignore[no-untyped-def]
         os._exit(code)
 
+    @app.task
+    def exit_first_time(marker_dir):  # type: ignore[no-untyped-def]
+        """Kill its process on the first run (leaving a marker); return on the next."""
+        if _touch_run(marker_dir, "exit_first_time") == 1:
+            os._exit(1)
+        return "ran again"
+
     #: Memory a child keeps between tasks (grown by `grow`), so its size only goes up.
     hoard: list[bytes] = []
 

@@ -21,15 +21,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ...exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from ...exceptions import (
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from ...log import get_logger
 from ...settings import Settings
 from ...wire.results import FAILURE, REVOKED
 from ..execution import Outcome, finish, run_async, run_sync
 from ..limits import Clock, Interruption, Limits, limits_for, soft_limit_error
 from ..limits import uncancel as _uncancel
-from ..pipeline import Job, Step
+from ..pipeline import DeadLetter, Job, Requeue, Step
 from ..pool import TaskThreads, Terminated
+from ..processes import ChildLost, ProcessPool
 from ..settle import Settler
 from ..stats import WorkerStats
 from .results import StatePublisher
@@ -47,8 +53,10 @@ class Execute(Step):
         settle: Settler,
         stats: WorkerStats,
         conf: Settings,
+        processes: ProcessPool | None = None,
     ) -> None:
         self.threads = threads
+        self.processes = processes
         self.settle = settle
         self.stats = stats
         self.conf = conf
@@ -63,6 +71,7 @@ class Execute(Step):
         task_id = job.message.id
         limits = limits_for(job.message, task, self.conf)
         clock: Clock | None = None
+        outcome: Outcome | None
         try:
             if task.is_coroutine:
                 current = asyncio.current_task()
@@ -74,6 +83,12 @@ class Execute(Step):
                     interruption = Interruption()
                     clock = _coroutine_clock(limits, task.name, current, interruption)
                     outcome = await run_async(task, request, interruption)
+            elif self.processes is not None:
+                self._running[task_id] = (job, None)
+                try:
+                    outcome = await self.processes.run(task, request, limits)
+                except ChildLost as lost:
+                    outcome = await self._child_lost(job, lost, limits)
             elif self.threads is None:
                 outcome = run_sync(task, request)  # nothing can stop it: no entry
             else:
@@ -96,11 +111,39 @@ class Execute(Step):
                 clock.stop()
             self.stats.running -= 1
             self._running.pop(task_id, None)
-        self.stats.count(task.name, outcome.status)
+        if outcome is not None:  # None: it goes back to its queue, not run here
+            self.stats.count(task.name, outcome.status)
         publisher = request.publish_state
         if isinstance(publisher, StatePublisher):
             await publisher.flush()
         job.outcome = outcome
+
+    async def _child_lost(self, job: Job, lost: ChildLost, limits: Limits | None) -> Outcome | None:
+        """What the end of a child that ran a task means for the task and its message.
+
+        Killed at the hard limit: FAILURE with TimeLimitExceeded. Terminated by revoke:
+        REVOKED. Died: FAILURE with WorkerLostError, as in Celery; with ``acks_late``
+        the message goes to ``<queue>.dlq``, or back to its queue once (the first time it
+        is delivered) with ``task_reject_on_worker_lost``, then no result is reported.
+        """
+        task, message = job.task, job.message
+        if lost.why == "time-limit":
+            return await self._over_time(job, limits[1] if limits else None)
+        if lost.why == "terminated":
+            return Outcome(REVOKED, exception=TaskRevokedError(f"task {message.id} terminated"))
+        detail = f"the child process running {task.name} ended (exit code {lost.exitcode})"
+        if task.effective_acks_late:
+            reject = task.reject_on_worker_lost
+            if reject is None:
+                reject = self.conf.task_reject_on_worker_lost
+            if reject and not job.delivery.redelivered:
+                log.warning("child process lost; the task goes back to its queue", detail=detail)
+                job.ending = Requeue("worker-lost")
+                return None
+            job.ending = DeadLetter("worker-lost", detail, exception="WorkerLostError")
+        error = WorkerLostError(detail)
+        outcome = Outcome(FAILURE, exception=error)
+        return await asyncio.to_thread(finish, task, job.request, outcome)
 
     async def _over_time(self, job: Job, hard: float | None) -> Outcome:
         """FAILURE with TimeLimitExceeded, after the task's hooks (in a thread if sync)."""
@@ -108,8 +151,10 @@ class Execute(Step):
         log.error("task stopped at its hard time limit", hard_time_limit=hard)
         error = TimeLimitExceeded(f"{task.name} ran past its hard time limit ({hard}s)")
         outcome = Outcome(FAILURE, exception=error)
-        if task.is_coroutine or self.threads is None:
+        if task.is_coroutine:
             return finish(task, request, outcome)
+        if self.threads is None:  # the process pool: the task's child is gone
+            return await asyncio.to_thread(finish, task, request, outcome)
         return await self.threads.run(finish, task, request, outcome)
 
     def terminate(self, task_id: str) -> bool:
@@ -121,6 +166,9 @@ class Execute(Step):
         if job.revoked == "terminated":  # by the other way a revoke comes
             return True
         if running is None:
+            if self.processes is not None and self.processes.terminate(task_id):
+                job.revoked = "terminated"
+                return True
             return False
         job.revoked = "terminated"
         if isinstance(running, asyncio.Task):

@@ -6,6 +6,7 @@ that reaches its task count or memory limit is replaced after its task, losing n
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 import uuid
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from amqpworker import App
-from amqpworker.exceptions import TimeLimitExceeded, WorkerLostError
+from amqpworker.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
 
 from .conftest import BrokerAdmin, ServeProcess, wait_for
 
@@ -129,3 +130,20 @@ def test_max_memory_per_child_replaces_a_grown_child_and_loses_nothing(app: App,
     assert grown == small
     assert {result.get(timeout=30) for result in after} != {grown}
     assert grown not in _children(app, name)
+
+
+def test_states_revoke_and_a_graceful_stop_with_children(app: App, serve, tmp_path: Path) -> None:
+    _, worker = _process_worker(serve, "--concurrency", "2")
+    assert app.send_task(P + "progress", (3,)).get(timeout=20) == 3  # states from a child
+
+    doomed = app.send_task(P + "stuck", (str(tmp_path), "doomed", 30))
+    wait_for(lambda: bool(list(tmp_path.glob("doomed.run*"))), 20, "the task to start")
+    doomed.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError):
+        doomed.get(timeout=20)
+
+    finishing = app.send_task(P + "sleep_then_return", (str(tmp_path), "last", 2))
+    wait_for(lambda: bool(list(tmp_path.glob("last.run*"))), 20, "the last task to start")
+    worker.signal(signal.SIGTERM)
+    assert finishing.get(timeout=30) == "last"
+    assert worker.wait(30) == 0

@@ -148,13 +148,17 @@ class ProcessPool:
             if self._by_task.get(task_id) is child:
                 del self._by_task[task_id]
 
-    def terminate(self, task_id: str) -> bool:
-        """End the child running ``task_id`` (revoke with terminate); True if there is one."""
+    def terminate(self, task_id: str, signal_name: str = "SIGTERM") -> bool:
+        """Signal the child running ``task_id`` (revoke with terminate); True if there is one.
+
+        It is replaced once it ended; a signal it survives (SIGUSR1, SIGHUP with a
+        handler...) leaves the task running, and reported as it ends.
+        """
         child = self._by_task.get(task_id)
         if child is None or child.future is None:
             return False
         child.ended_by = "terminated"
-        _kill(child.pid, signal.SIGTERM)
+        _kill(child.pid, signal.Signals[signal_name])
         return True
 
     async def close(self) -> None:
@@ -208,6 +212,7 @@ class ProcessPool:
                 request.publish_state(rest[0])
             return
         outcome, retiring = rest
+        child.ended_by = None  # a signal it survived: the task ended its own way
         self._settle(child, outcome=outcome)
         if not retiring:
             self._idle.put_nowait(child)

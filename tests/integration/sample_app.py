@@ -253,6 +253,15 @@ def create_app(**settings: Any) -> App:
         return os.getpid()
 
     @app.task
+    def spin_timed(seconds):  # type: ignore[no-untyped-def]
+        """`spin`, returning its pid and when it started and ended (wall clock)."""
+        started = time.time()
+        until = time.process_time() + seconds
+        while time.process_time() < until:
+            pass
+        return [os.getpid(), started, time.time()]
+
+    @app.task
     def exit_now(code=1):  # type: ignore[no-untyped-def]
         os._exit(code)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 import uuid
 from pathlib import Path
 
@@ -51,17 +50,15 @@ def test_plain_tasks_run_in_children_side_by_side(app: App, serve) -> None:
     assert ran_in in children
     assert app.send_task(P + "ahello", ("loop",)).get(timeout=20) == "hello loop"  # async
 
-    started = time.monotonic()
-    app.send_task(P + "spin", (1.0,)).get(timeout=30)
-    one = time.monotonic() - started
-    started = time.monotonic()
-    four = [app.send_task(P + "spin", (1.0,)) for _ in range(4)]
-    pids = {result.get(timeout=60) for result in four}
-    all_four = time.monotonic() - started
+    four = [app.send_task(P + "spin_timed", (1.0,)) for _ in range(4)]
+    runs = [result.get(timeout=60) for result in four]
 
-    assert pids == set(children)
-    # Two children on four CPU-bound tasks: about twice one task, not four times.
-    assert all_four < 3.2 * one, (one, all_four)
+    assert {pid for pid, _, _ in runs} == set(children)
+    # Two children on four CPU-bound tasks: about twice one task, not four times. Timed
+    # by the children's clocks, so a busy machine slows the tasks and the span alike.
+    one = sum(end - start for _, start, end in runs) / len(runs)
+    span = max(end for _, _, end in runs) - min(start for _, start, _ in runs)
+    assert 1.6 * one < span < 2.8 * one, (one, span)
 
 
 def test_a_hard_limit_kills_the_child_and_the_worker_goes_on(

@@ -157,8 +157,11 @@ class Execute(Step):
             return await asyncio.to_thread(finish, task, request, outcome)
         return await self.threads.run(finish, task, request, outcome)
 
-    def terminate(self, task_id: str) -> bool:
-        """Stop ``task_id`` if it runs here and can be stopped; True if it is being stopped."""
+    def terminate(self, task_id: str, signal_name: str = "SIGTERM") -> bool:
+        """Stop ``task_id`` if it runs here and can be stopped; True if it is being stopped.
+
+        ``signal_name`` is what a child process gets (``--pool process``).
+        """
         entry = self._running.get(task_id)
         if entry is None:
             return False
@@ -166,7 +169,7 @@ class Execute(Step):
         if job.revoked == "terminated":  # by the other way a revoke comes
             return True
         if running is None:
-            if self.processes is not None and self.processes.terminate(task_id):
+            if self.processes is not None and self.processes.terminate(task_id, signal_name):
                 job.revoked = "terminated"
                 return True
             return False

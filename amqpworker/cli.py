@@ -112,7 +112,22 @@ def main() -> None:
     "-Q", "--queues", callback=_queues_callback, help="Comma-separated queues to consume."
 )
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
-@click.option("-P", "--pool", type=click.Choice(["threads", "asyncio"]), help="How tasks run.")
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(["threads", "asyncio", "process"]),
+    help="How plain tasks run: threads, inline on the loop, or child processes.",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=1),
+    help="--pool process: replace a child after this many tasks.",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.IntRange(min=1),
+    help="--pool process: replace a child once a task leaves it above this many KiB.",
+)
 @click.option(
     "--prefetch-multiplier", type=click.IntRange(min=1), help="Prefetch = concurrency x this."
 )
@@ -160,6 +175,8 @@ def serve(
     queues: list[str] | None,
     concurrency: int | None,
     pool: str | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
     prefetch_multiplier: int | None,
     shutdown_timeout: float | None,
     loglevel: str,
@@ -182,6 +199,13 @@ def serve(
             app.conf.event_loop = event_loop
         if events:
             app.conf.worker_send_task_events = True
+        if max_tasks_per_child:
+            app.conf.worker_max_tasks_per_child = max_tasks_per_child
+        if max_memory_per_child:
+            app.conf.worker_max_memory_per_child = max_memory_per_child
+        app.conf.log_level = loglevel.upper()  # the process pool's children log alike
+        if log_format:
+            app.conf.log_format = log_format  # type: ignore[assignment]
         loop_factory(app.conf.event_loop)  # uvloop asked for but missing: a usage error
         app.import_includes()
         worker = Worker(

@@ -191,3 +191,18 @@ class MaxRetriesExceededError(AmqpWorkerError):
 
 class TimeoutError(AmqpWorkerError, builtins.TimeoutError):
     """Waiting for a result took longer than the given timeout."""
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task that ran past its soft time limit, so it can clean up.
+
+    An ``Exception`` (as in Celery): a task that does not catch it fails with it.
+    """
+
+
+class TimeLimitExceeded(AmqpWorkerError):
+    """The task ran past its hard time limit and was stopped (or abandoned, in a thread)."""
+
+
+class WorkerLostError(AmqpWorkerError):
+    """The process running the task died before the task ended (killed, crashed, exited)."""

@@ -35,11 +35,7 @@ SAFE_CONTENT = ("json", "msgpack", "yaml")
 #: Celery's settings that amqpworker does not act on yet: set, they are an error saying
 #: so, rather than accepted and ignored.
 NOT_YET = {
-    "task_time_limit": "time limits are not enforced yet",
-    "task_soft_time_limit": "time limits are not enforced yet",
     "task_always_eager": "eager mode is not built yet",
-    "worker_max_tasks_per_child": "the process pool is not built yet",
-    "worker_max_memory_per_child": "the process pool is not built yet",
     "beat_schedule": "beat (periodic tasks) is not built yet",
 }
 
@@ -95,6 +91,9 @@ class Settings(BaseSettings):
     task_time_limit: Annotated[float, Field(gt=0)] | None = None
     task_soft_time_limit: Annotated[float, Field(gt=0)] | None = None
     task_acks_late: bool = True
+    #: With acks_late, a task whose child process died goes back to its queue (once)
+    #: rather than to ``<queue>.dlq`` with a FAILURE (``--pool process``).
+    task_reject_on_worker_lost: bool = False
     task_ignore_result: bool = False
     task_default_retry_delay: Annotated[float, Field(ge=0)] = 180.0
     task_max_retries: Annotated[int, Field(ge=0)] | None = 3
@@ -111,11 +110,14 @@ class Settings(BaseSettings):
     worker_concurrency: Annotated[int, Field(ge=1)] = Field(
         default_factory=lambda: os.cpu_count() or 1
     )
-    worker_pool: Literal["threads", "asyncio"] = "threads"
+    worker_pool: Literal["threads", "asyncio", "process"] = "threads"
     #: The loop amqpworker runs its own loops on (worker, CLI, the sync API's thread).
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     worker_prefetch_multiplier: Annotated[int, Field(ge=1)] = 4
+    #: ``--pool process``: a child is replaced after this many tasks.
     worker_max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
+    #: ``--pool process``: a child is replaced after a task leaves it above this many
+    #: KiB resident (its peak, as in Celery).
     worker_max_memory_per_child: Annotated[int, Field(ge=1)] | None = None
     worker_shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
     #: Ignore every rate limit (tasks', the default, and those set by remote control).

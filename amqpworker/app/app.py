@@ -37,7 +37,7 @@ from .client import Client
 from .control import Control
 from .results import AsyncResult
 from .routing import NO_LAYER, Destination, Layer, resolve_destination
-from .task import NOT_YET_OPTIONS, Task, current_request, default_task_name
+from .task import NOT_YET_OPTIONS, Task, check_time_limit, current_request, default_task_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 Call = tuple[Any, ...]
@@ -289,6 +289,11 @@ class App:
         for option in NOT_YET_OPTIONS.intersection(options):
             if options[option] is not None:
                 raise TypeError(f"{option}= is not enforced yet; leave it unset ({name})")
+        for limit in ("time_limit", "soft_time_limit"):
+            try:
+                check_time_limit(options.get(limit), limit)
+            except ValueError as exc:
+                raise TypeError(f"{exc} ({name})") from None
         headers = dict(options.get("headers") or {})
         clashing = sorted(CORE_HEADERS.intersection(headers))
         if clashing:
@@ -325,12 +330,11 @@ class App:
             parent_id=parent.id if parent is not None else None,
             eta=_within_reach(_eta(options.get("countdown"), options.get("eta"), conf.timezone)),
             expires=_moment(options.get("expires"), conf.timezone, "expires"),
-            time_limit=options.get("time_limit")
-            or (task and task.time_limit)
-            or conf.task_time_limit,
+            # The worker's own settings apply where neither the call nor the task says.
+            time_limit=options.get("time_limit") or (task and task.time_limit) or None,
             soft_time_limit=options.get("soft_time_limit")
             or (task and task.soft_time_limit)
-            or conf.task_soft_time_limit,
+            or None,
             priority=destination.priority,
             ignore_result=bool(ignore_result),
             headers=headers,

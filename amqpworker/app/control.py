@@ -18,6 +18,7 @@ from ..broker import revocations as broker_revocations
 from ..wire import Envelope
 from ..wire.control import ControlRequest, decode_reply
 from ..wire.revocations import Revocation
+from .task import check_time_limit
 
 if TYPE_CHECKING:
     from .app import App
@@ -173,6 +174,25 @@ class Control:
         rates.check(rate_limit)
         arguments = {"task_name": task_name, "rate_limit": rate_limit}
         return self.broadcast("rate_limit", arguments, destination, reply, timeout)
+
+    def time_limit(
+        self,
+        task_name: str,
+        soft: float | None = None,
+        hard: float | None = None,
+        destination: Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]] | None:
+        """Change a task's soft and hard time limits (seconds; None: none) on running workers.
+
+        They apply to runs that start afterwards, where the message carries no limit of
+        its own (as in Celery).
+        """
+        for value, name in ((soft, "soft"), (hard, "hard")):
+            check_time_limit(value, name)
+        arguments = {"task_name": task_name, "soft": soft, "hard": hard}
+        return self.broadcast("time_limit", arguments, destination, reply, timeout)
 
 
 class Inspect:

@@ -37,6 +37,7 @@ TASK_OPTIONS = (
     "routing_key",
     "priority",
     "acks_late",
+    "reject_on_worker_lost",
     "time_limit",
     "soft_time_limit",
     "rate_limit",
@@ -51,7 +52,7 @@ TASK_OPTIONS = (
 
 
 #: Options of Celery's that amqpworker does not act on yet: giving one is an error.
-NOT_YET_OPTIONS = frozenset({"time_limit", "soft_time_limit"})
+NOT_YET_OPTIONS: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -119,6 +120,14 @@ _PLAIN_DEFAULTS = {
 current_request: ContextVar[Request | None] = ContextVar("amqpworker_request", default=None)
 
 
+def check_time_limit(value: Any, name: str) -> None:
+    """A time limit is None or positive seconds; ValueError naming it otherwise."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValueError(f"{name!r} must be positive seconds, not {value!r}")
+
+
 class Task:
     """A registered task. Subclass it and pass ``base=`` to add hooks or defaults."""
 
@@ -130,6 +139,8 @@ class Task:
     routing_key: str | None = None
     priority: int | None = None
     acks_late: bool | None = None
+    #: None: the ``task_reject_on_worker_lost`` setting (``--pool process``).
+    reject_on_worker_lost: bool | None = None
     time_limit: float | None = None
     soft_time_limit: float | None = None
     #: Celery's rate: ``"10/s"``, ``"200/m"``, ``"1000/h"``, a number per second; per worker.
@@ -172,6 +183,11 @@ class Task:
             rates.check(self.rate_limit)  # the option, or a base class's attribute
         except ValueError as exc:
             raise ImproperlyConfigured(f"task {name!r}: option 'rate_limit': {exc}") from None
+        try:
+            for limit in ("time_limit", "soft_time_limit"):
+                check_time_limit(getattr(self, limit), limit)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"task {name!r}: option {exc}") from None
         self.__doc__ = fun.__doc__
         self.__wrapped__ = fun
         self.__module__ = fun.__module__

@@ -22,6 +22,7 @@ from ..exceptions import MessageError
 from ..log import get_logger, hide_password
 from ..wire.control import ControlRequest, encode_reply
 from ..wire.revocations import Revocation
+from .limits import seconds
 from .pipeline import Job
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ log = get_logger(__name__)
 
 #: Commands of Celery's that need what is not built yet; they answer with an error.
 NOT_BUILT = {
-    "time_limit": "time limits are not built yet",
     "pool_grow": "pool_grow is not built yet (the pool has a fixed size)",
     "pool_shrink": "pool_shrink is not built yet (the pool has a fixed size)",
 }
@@ -59,6 +59,7 @@ class RemoteControl:
             "add_consumer": self.add_consumer,
             "cancel_consumer": self.cancel_consumer,
             "rate_limit": self.rate_limit,
+            "time_limit": self.time_limit,
         }
 
     async def start(self) -> None:
@@ -149,7 +150,7 @@ class RemoteControl:
             "pool": {
                 "implementation": worker.pool,
                 "max-concurrency": worker.concurrency,
-                "processes": [os.getpid()],
+                "processes": worker.pool_pids(),
             },
             "prefetch_count": worker.prefetch,
             "broker": {"url": worker.consumer_broker.safe_url, "transport": "amqp"},
@@ -236,6 +237,27 @@ class RemoteControl:
         if per_second is None:
             return {"ok": f"rate limit of {task_name!r} disabled successfully"}
         return {"ok": f"new rate limit of {task_name!r} set successfully: {rate_limit}"}
+
+    async def time_limit(
+        self, task_name: str, soft: float | str | None = None, hard: float | str | None = None
+    ) -> dict[str, str]:
+        """Change a task's time limits on this worker, as Celery's command does.
+
+        They apply to runs that start from now on, where the message carries no limit
+        of its own; 0 or None is no limit.
+        """
+        task = self.worker.app.tasks.get(task_name)
+        if task is None:
+            log.warning("time_limit for an unknown task", task_name=task_name)
+            return {"error": f"unknown task {task_name!r}"}
+        try:
+            soft_seconds, hard_seconds = seconds(soft, "soft"), seconds(hard, "hard")
+        except ValueError as exc:
+            log.warning("time_limit refused", task_name=task_name, error=str(exc))
+            return {"error": str(exc)}
+        task.soft_time_limit, task.time_limit = soft_seconds, hard_seconds
+        log.info("time limits changed", task_name=task_name, soft=soft_seconds, hard=hard_seconds)
+        return {"ok": f"time limits of {task_name!r} set successfully"}
 
     def _describe(self, job: Job, started: float | None) -> dict[str, Any]:
         message, delivery = job.message, job.delivery

@@ -15,6 +15,7 @@ from ..app.task import Request, Task, current_request
 from ..exceptions import Retry
 from ..log import get_logger
 from ..wire.results import FAILURE, RETRY, SUCCESS, ResultMessage, exception_to_data, now_iso
+from .limits import Interruption, interruptible
 
 log = get_logger(__name__)
 
@@ -58,12 +59,20 @@ def run_sync(task: Task, request: Request) -> Outcome:
         current_request.reset(token)
 
 
-async def run_async(task: Task, request: Request) -> Outcome:
-    """Run a coroutine task on the running loop (in the caller's task context)."""
+async def run_async(
+    task: Task, request: Request, interruption: Interruption | None = None
+) -> Outcome:
+    """Run a coroutine task on the running loop (in the caller's task context).
+
+    With an ``interruption``, a cancel may reach the task as another exception (a soft
+    time limit, see :func:`~.limits.interruptible`).
+    """
     token = current_request.set(request)
     try:
         try:
             coroutine: Awaitable[Any] = task.run(*request.args, **request.kwargs)
+            if interruption is not None:
+                coroutine = interruptible(coroutine, interruption)  # type: ignore[arg-type]
             value = await coroutine
         except Exception as exc:
             return finish(task, request, _failed_or_retried(task, exc))

@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..exceptions import SoftTimeLimitExceeded
+
 T = TypeVar("T")
 _numbers = itertools.count()
 
@@ -27,6 +29,17 @@ class Terminated(BaseException):
 
     A BaseException, so a task's ``except Exception`` does not swallow it.
     """
+
+
+#: What :meth:`TaskThreads.interrupt` raises; one that lands between tasks is dropped.
+_INTERRUPTS = (Terminated, SoftTimeLimitExceeded)
+
+
+def _raise_in(ident: int, exception: type[BaseException] | None) -> None:
+    """Raise ``exception`` in thread ``ident`` when it next runs Python; None clears it."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exception) if exception else None
+    )
 
 
 class TaskThreads:
@@ -43,6 +56,8 @@ class TaskThreads:
         self._name = name
         #: Which thread runs which future now, for :meth:`interrupt`.
         self._running_in: dict[asyncio.Future[Any], int] = {}
+        #: Held while an exception is raised in a thread, and while one leaves its task.
+        self._interrupting = threading.Lock()
         #: Threads abandoned to a task that would not stop; they end after it.
         self._retired: set[int] = set()
         self._threads = [self._start_thread() for _ in range(size)]
@@ -67,22 +82,32 @@ class TaskThreads:
         for _ in self._threads:
             self._work.put(None)
 
-    def interrupt(self, future: asyncio.Future[Any], grace: float) -> None:
-        """Raise :class:`Terminated` in the thread running ``future``'s function.
+    def interrupt(
+        self,
+        future: asyncio.Future[Any],
+        grace: float | None,
+        exception: type[BaseException] = Terminated,
+    ) -> None:
+        """Raise ``exception`` in the thread running ``future``'s function.
 
-        A thread blocked in C sees it only when it returns to Python; if the function
-        has not ended after ``grace`` seconds, ``future`` fails with ``Terminated``
-        anyway and the thread is abandoned, replaced by a new one. Call on the loop.
+        A thread blocked in C sees it only when it returns to Python. With a ``grace``
+        (seconds; 0 is at once), if the function has not ended by then ``future`` fails
+        with :class:`Terminated` anyway and the thread is abandoned, replaced by a new
+        one; with ``None`` the function is left to deal with it (a soft time limit).
+        Call on the loop.
         """
-        ident = self._running_in.get(future)
+        with self._interrupting:
+            ident = self._running_in.get(future)
+            if ident is not None:
+                _raise_in(ident, exception)
         if ident is None:  # not started yet, or just finished
-            if not future.done():
+            if grace is not None and not future.done():
                 future.set_exception(Terminated())
             return
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(ident), ctypes.py_object(Terminated)
-        )
-        self._loop.call_later(grace, self._abandon, future, ident)
+        if grace == 0:
+            self._abandon(future, ident)
+        elif grace is not None:
+            self._loop.call_later(grace, self._abandon, future, ident)
 
     def _abandon(self, future: asyncio.Future[Any], ident: int) -> None:
         if future.done():
@@ -99,7 +124,7 @@ class TaskThreads:
                 if item is None:
                     return
                 self._run(ident, *item)
-            except Terminated:  # came after its function ended; the future is settled
+            except _INTERRUPTS:  # came after its function ended; the future is settled
                 continue
         self._retired.discard(ident)
 
@@ -120,14 +145,28 @@ class TaskThreads:
             )
         except BaseException as exc:  # handed to the awaiting coroutine
             outcome = (future, False, exc)
-        finally:
-            del self._running_in[future]
+        self._stop_interrupts(ident, future)
         self._done.append(outcome)
         if self._wake_pending.acquire(blocking=False):
             try:
                 self._loop.call_soon_threadsafe(self._settle)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 self._wake_pending.release()
+
+    def _stop_interrupts(self, ident: int, future: asyncio.Future[Any]) -> None:
+        """Leave the interruptible state: no exception meant for ``future`` lands later.
+
+        Under the lock :meth:`interrupt` takes, so none is raised after this; one raised
+        just before is cleared, or caught here while leaving.
+        """
+        while True:
+            try:
+                with self._interrupting:
+                    self._running_in.pop(future, None)
+                    _raise_in(ident, None)
+                return
+            except _INTERRUPTS:
+                continue
 
     def _settle(self) -> None:
         # Release first: a completion appended after the drain below wakes us again.

@@ -28,7 +28,8 @@ class Revocations:
     def __init__(self, memory: int = MEMORY) -> None:
         self._memory = memory
         self._expires: OrderedDict[str, float] = OrderedDict()
-        self.on_terminate: Callable[[str], bool] | None = None
+        #: Stops a running task: (task id, signal name for a child process) -> stopped.
+        self.on_terminate: Callable[[str, str], bool] | None = None
         self._consumer: Consumer | None = None
 
     def holds(self, task_id: str) -> bool:
@@ -48,7 +49,7 @@ class Revocations:
             self._expires[task_id] = max(revocation.expires, self._expires.get(task_id, 0.0))
             self._expires.move_to_end(task_id)
             stop = self.on_terminate if revocation.terminate else None
-            if stop is not None and stop(task_id):
+            if stop is not None and stop(task_id, revocation.signal):
                 terminated.append(task_id)
         while len(self._expires) > self._memory:
             self._expires.popitem(last=False)

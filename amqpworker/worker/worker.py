@@ -32,9 +32,11 @@ from ..loop import resolved
 from ..topology import QueueSpec
 from .control import RemoteControl
 from .health import Look
+from .limits import start_up_warnings
 from .pipeline import Job, Proceed, compose
 from .pool import TaskThreads
 from .presence import Presence
+from .processes import ProcessPool, child_spec
 from .revocations import Revocations
 from .settle import Settler
 from .stats import WorkerStats
@@ -69,8 +71,9 @@ class Worker:
         self.queues = list(queues or [conf.task_default_queue])
         self.concurrency = concurrency or conf.worker_concurrency
         self.pool = pool or conf.worker_pool
-        if self.pool not in ("threads", "asyncio"):
-            raise ValueError(f"pool must be 'threads' or 'asyncio', not {self.pool!r}")
+        if self.pool not in ("threads", "asyncio", "process"):
+            raise ValueError(f"pool must be 'threads', 'asyncio' or 'process', not {self.pool!r}")
+        self._child_spec = child_spec(app, self.pool)
         self.prefetch = self.concurrency * (prefetch_multiplier or conf.worker_prefetch_multiplier)
         self.shutdown_timeout = (
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
@@ -89,6 +92,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._threads: TaskThreads | None = None
+        self._processes: ProcessPool | None = None
         self._consumer: Broker | None = None
         self._publisher: Broker | None = None
         self._consumers: dict[str, Consumer] = {}
@@ -168,6 +172,7 @@ class Worker:
             stats=self.stats,
             specs=self._specs,
             threads=self._threads,
+            processes=self._processes,
             concurrency=self.concurrency,
             hostname=self.hostname,
             timezone=ZoneInfo(conf.timezone),
@@ -199,9 +204,15 @@ class Worker:
             self.install_signal_handlers()
         if self.pool == "threads":
             self._threads = TaskThreads(self._loop, self.concurrency)
+        if self._child_spec is not None:
+            self._processes = ProcessPool(self._loop, self.concurrency, self._child_spec)
+        for warning in start_up_warnings(self.app.tasks.values(), self.app.conf, self.pool):
+            log.warning(warning)
         self._consumer = Broker.for_settings(self.app.conf, f"{self.hostname} consumer")
         self._publisher = Broker.for_settings(self.app.conf, f"{self.hostname} publisher")
         try:
+            if self._processes is not None:
+                await self._processes.start()
             await self._publisher.connect()
             await self._consumer.connect()
             await self._start_events(self._publisher)
@@ -241,6 +252,8 @@ class Worker:
             await self.app.aclose()  # a client the tasks used on this loop
             if self._threads is not None:
                 self._threads.shutdown()
+            if self._processes is not None:
+                await self._processes.close()
             if self._monitoring is not None:
                 self._monitoring.close()
             log.info("stopped", **self.stats.counters())
@@ -311,6 +324,12 @@ class Worker:
     def consumers(self) -> dict[str, Consumer]:
         """The consumers of the queues consumed now, by queue (a copy)."""
         return dict(self._consumers)
+
+    def pool_pids(self) -> list[int]:
+        """The processes tasks run in: the children with ``--pool process``, else this one."""
+        if self._processes is not None:
+            return self._processes.pids()
+        return [os.getpid()]
 
     def prefetch_of(self, queue: str) -> int:
         spec = self._specs.get(queue)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from amqpworker import App, Task
+from amqpworker.exceptions import SoftTimeLimitExceeded
 
 
 class CustomError(Exception):
@@ -28,6 +29,15 @@ class Recorder(Task):
         marker = kwargs.get("marker")
         if marker:
             Path(marker).with_suffix(".after_return").write_text(status)
+
+
+class FailureRecorder(Task):
+    """Writes `<marker>.on_failure` with the exception's type when the task fails."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
+        marker = kwargs.get("marker")
+        if marker:
+            Path(marker).with_suffix(".on_failure").write_text(type(exc).__name__)
 
 
 def _touch_run(marker_dir: str, name: str) -> int:
@@ -193,6 +203,82 @@ def create_app(**settings: Any) -> App:
         _touch_run(marker_dir, name)
         await asyncio.sleep(seconds)
         return name
+
+    @app.task
+    def nap(seconds, step=None):  # type: ignore[no-untyped-def]
+        """Sleep `seconds` (in `step`s if given); a soft time limit ends it early."""
+        started = time.monotonic()
+        try:
+            if step is None:
+                time.sleep(seconds)
+            else:
+                while time.monotonic() - started < seconds:
+                    time.sleep(step)
+        except SoftTimeLimitExceeded:
+            return {"cleaned_up_after": time.monotonic() - started, "pid": os.getpid()}
+        return {"cleaned_up_after": None, "pid": os.getpid()}
+
+    @app.task
+    async def anap(seconds):  # type: ignore[no-untyped-def]
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(seconds)
+        except SoftTimeLimitExceeded:
+            return {"cleaned_up_after": time.monotonic() - started, "pid": os.getpid()}
+        return {"cleaned_up_after": None, "pid": os.getpid()}
+
+    @app.task(base=FailureRecorder)
+    def stuck(marker_dir, name, seconds, marker=None):  # type: ignore[no-untyped-def]
+        """One long C call (time.sleep): nothing in the thread can interrupt it."""
+        _touch_run(marker_dir, name)
+        time.sleep(seconds)
+        return name
+
+    @app.task(base=FailureRecorder)
+    async def astuck(marker_dir, name, seconds, marker=None):  # type: ignore[no-untyped-def]
+        _touch_run(marker_dir, name)
+        await asyncio.sleep(seconds)
+        return name
+
+    @app.task
+    def pid():  # type: ignore[no-untyped-def]
+        return os.getpid()
+
+    @app.task
+    def spin(seconds):  # type: ignore[no-untyped-def]
+        """CPU-bound for `seconds` of this process's CPU time; returns the pid it ran in."""
+        until = time.process_time() + seconds
+        while time.process_time() < until:
+            pass
+        return os.getpid()
+
+    @app.task
+    def spin_timed(seconds):  # type: ignore[no-untyped-def]
+        """`spin`, returning its pid and when it started and ended (wall clock)."""
+        started = time.time()
+        until = time.process_time() + seconds
+        while time.process_time() < until:
+            pass
+        return [os.getpid(), started, time.time()]
+
+    @app.task
+    def exit_now(code=1):  # type: ignore[no-untyped-def]
+        os._exit(code)
+
+    @app.task
+    def exit_first_time(marker_dir):  # type: ignore[no-untyped-def]
+        """Kill its process on the first run (leaving a marker); return on the next."""
+        if _touch_run(marker_dir, "exit_first_time") == 1:
+            os._exit(1)
+        return "ran again"
+
+    #: Memory a child keeps between tasks (grown by `grow`), so its size only goes up.
+    hoard: list[bytes] = []
+
+    @app.task
+    def grow(kib):  # type: ignore[no-untyped-def]
+        hoard.append(os.urandom(1024) * kib)
+        return os.getpid()
 
     return app
 

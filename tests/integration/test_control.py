@@ -120,11 +120,9 @@ def test_cli_inspect_and_control_shutdown(serve, broker_url: str) -> None:
     assert "pong" in pinged.stdout
     as_json = run_cli("inspect", "stats", "--broker", broker_url, "-d", name, "--json")
     assert json.loads(as_json.stdout)[name]["pool"]["implementation"] == "threads"
-    not_built = run_cli(
-        "control", "time_limit", "a.b", "10", "20", "--broker", broker_url, "-d", name
-    )
+    not_built = run_cli("control", "pool_grow", "1", "--broker", broker_url, "-d", name)
     assert not_built.returncode == 1
-    assert "time limits are not built yet" in not_built.stdout
+    assert "pool_grow is not built yet" in not_built.stdout
     nobody = run_cli("inspect", "ping", "--broker", broker_url, "-d", _name("nobody"))
     assert nobody.returncode == 1
     assert "no worker replied" in nobody.stderr

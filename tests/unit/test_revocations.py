@@ -57,7 +57,7 @@ def test_only_the_newest_revokes_are_kept() -> None:
 def test_terminate_asks_the_worker_to_stop_running_tasks() -> None:
     revocations = Revocations()
     stopped: list[str] = []
-    revocations.on_terminate = lambda task_id: stopped.append(task_id) or True
+    revocations.on_terminate = lambda task_id, signal: stopped.append(task_id) or True
     assert revocations.add(Revocation(("a",), terminate=True, expires=time.time() + 60)) == ["a"]
     assert revocations.add(Revocation(("b",), expires=time.time() + 60)) == []
     assert stopped == ["a"]

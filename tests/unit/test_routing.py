@@ -293,13 +293,23 @@ def test_prepare_outside_a_task_has_no_parent(app: App) -> None:
     assert headers["root_id"] == message.id  # a top-level task is its own root
 
 
-def test_time_limits_are_refused_until_they_are_enforced() -> None:
-    app = App()
-    with pytest.raises(ImproperlyConfigured, match="'time_limit' is not enforced yet"):
-        app.task(name="job", time_limit=50)(lambda: None)
-    job = app.task(name="job3")(lambda: None)
-    with pytest.raises(TypeError, match="soft_time_limit= is not enforced yet"):
-        app.prepare("job3", (), None, job, {"soft_time_limit": 5})
+def test_time_limits_travel_in_the_message_and_bad_ones_are_refused() -> None:
+    app = App(task_time_limit=60)
+    job = app.task(name="job", time_limit=50, soft_time_limit=40)(lambda: None)
+    other = app.task(name="other")(lambda: None)
+
+    from_task, _, _ = app.prepare("job", (), None, job, {})
+    per_call, _, _ = app.prepare("job", (), None, job, {"soft_time_limit": 5})
+    from_settings, _, _ = app.prepare("other", (), None, other, {})
+
+    assert (from_task.time_limit, from_task.soft_time_limit) == (50, 40)
+    assert (per_call.time_limit, per_call.soft_time_limit) == (50, 5)
+    # The worker's own setting applies: the caller's is not written into messages.
+    assert (from_settings.time_limit, from_settings.soft_time_limit) == (None, None)
+    with pytest.raises(ImproperlyConfigured, match="'time_limit' must be positive seconds"):
+        app.task(name="bad", time_limit=-1)(lambda: None)
+    with pytest.raises(TypeError, match="'soft_time_limit' must be positive seconds"):
+        app.prepare("job", (), None, job, {"soft_time_limit": "5"})
 
 
 def test_prepare_expires_in_seconds_or_datetime(app: App) -> None:

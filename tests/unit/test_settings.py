@@ -184,7 +184,7 @@ def test_unknown_setting_by_assignment(app: App) -> None:
         ("worker_concurrency", 0),
         ("task_default_priority", 300),
         ("task_acks_late", "perhaps"),
-        ("worker_pool", "process"),
+        ("worker_pool", "prefork"),
         ("task_default_rate_limit", "fast"),
         ("result_expires", -1),
         ("worker_metrics_port", 70000),
@@ -324,14 +324,18 @@ def test_password_is_hidden_for_a_non_amqp_broker_url() -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("task_time_limit", 30),
-        ("task_soft_time_limit", 20),
         ("task_always_eager", True),
-        ("worker_max_tasks_per_child", 100),
-        ("worker_max_memory_per_child", 200_000),
         ("beat_schedule", {"every-minute": {"task": "a.b", "schedule": 60}}),
     ],
 )
 def test_a_setting_not_acted_on_yet_is_refused_not_ignored(name: str, value: object) -> None:
     with pytest.raises(ImproperlyConfigured, match=f"'{name}'.*not (enforced|built) yet"):
         App(**{name: value})
+
+
+def test_per_child_limits_need_the_process_pool() -> None:
+    from amqpworker.worker import Worker
+
+    app = App(worker_max_tasks_per_child=10)
+    with pytest.raises(ValueError, match="worker_max_tasks_per_child applies to the process pool"):
+        Worker(app)

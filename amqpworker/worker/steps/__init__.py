@@ -16,6 +16,7 @@ from ...broker.events import EventSender
 from ...topology import QueueSpec
 from ..pipeline import Step
 from ..pool import TaskThreads
+from ..processes import ProcessPool
 from ..revocations import Revocations
 from ..settle import Settler
 from ..stats import WorkerStats
@@ -64,6 +65,7 @@ def default_steps(
     revocations: Revocations,
     metrics: RunObserver | None = None,
     events: EventSender | None = None,
+    processes: ProcessPool | None = None,
 ) -> list[Step]:
     """The steps in order.
 
@@ -95,7 +97,7 @@ def default_steps(
         Retries(publisher, reporter, ledger, timezone),
         *([Measure(metrics)] if metrics is not None else []),
         *run,
-        Execute(threads, settle, stats),
+        Execute(threads, settle, stats, app.conf, processes),
     ]
 
 

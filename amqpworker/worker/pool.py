@@ -58,6 +58,8 @@ class TaskThreads:
         self._running_in: dict[asyncio.Future[Any], int] = {}
         #: Held while an exception is raised in a thread, and while one leaves its task.
         self._interrupting = threading.Lock()
+        #: Runs an exception was raised in, until they leave (see _stop_interrupts).
+        self._raised: set[asyncio.Future[Any]] = set()
         #: Threads abandoned to a task that would not stop; they end after it.
         self._retired: set[int] = set()
         self._threads = [self._start_thread() for _ in range(size)]
@@ -100,6 +102,7 @@ class TaskThreads:
             ident = self._running_in.get(future)
             if ident is not None:
                 _raise_in(ident, exception)
+                self._raised.add(future)
         if ident is None:  # not started yet, or just finished
             if grace is not None and not future.done():
                 future.set_exception(Terminated())
@@ -163,7 +166,9 @@ class TaskThreads:
             try:
                 with self._interrupting:
                     self._running_in.pop(future, None)
-                    _raise_in(ident, None)
+                    if future in self._raised:  # rare: only then the cost of ctypes
+                        self._raised.discard(future)
+                        _raise_in(ident, None)
                 return
             except _INTERRUPTS:
                 continue

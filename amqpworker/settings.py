@@ -40,7 +40,6 @@ NOT_YET = {
     "task_always_eager": "eager mode is not built yet",
     "worker_max_tasks_per_child": "the process pool is not built yet",
     "worker_max_memory_per_child": "the process pool is not built yet",
-    "beat_schedule": "beat (periodic tasks) is not built yet",
 }
 
 
@@ -143,8 +142,12 @@ class Settings(BaseSettings):
     #: Seconds a monitor's queue outlives its consumer (it is exclusive: its connection).
     event_queue_expires: Annotated[float, Field(gt=0)] = 60.0
 
-    # Beat
+    # Beat (see docs/beat.md)
+    #: Periodic tasks: name -> {task, schedule, args, kwargs, options, relative}.
     beat_schedule: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: The names of beat's queues on the broker: PREFIX.leader (who fires) and
+    #: PREFIX.state (when each entry last fired). Beats sharing it share one schedule.
+    beat_queue_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "amqpworker.beat"
 
     # Logging
     log_level: str = "INFO"

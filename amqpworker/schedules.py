@@ -42,7 +42,19 @@ class ScheduleError(ImproperlyConfigured, ValueError):
 
 
 class Schedule:
-    """Something that says when it is next due."""
+    """Something that says when it is next due.
+
+    A schedule made with bad values does not raise where it is made (often inside a
+    settings dict): it keeps the problem, and :meth:`check` (which beat runs for every
+    entry at start-up, naming the entry) raises it.
+    """
+
+    problem: str | None = None
+
+    def check(self) -> None:
+        """Raise ScheduleError if this schedule was made with bad values."""
+        if self.problem is not None:
+            raise ScheduleError(self.problem)
 
     def next_due(self, after: dt.datetime, tz: dt.tzinfo = UTC) -> dt.datetime | None:
         """The first due time strictly after ``after`` (aware, UTC); None: never again."""
@@ -84,14 +96,19 @@ class schedule(Schedule):
     """
 
     def __init__(self, run_every: float | dt.timedelta, relative: bool = False) -> None:
-        self.run_every = as_interval(run_every)
         self.relative = relative
+        try:
+            self.run_every = as_interval(run_every)
+        except ScheduleError as exc:
+            self.problem = str(exc)
+            self.run_every = dt.timedelta(seconds=1)
 
     @property
     def seconds(self) -> float:
         return self.run_every.total_seconds()
 
     def next_due(self, after: dt.datetime, tz: dt.tzinfo = UTC) -> dt.datetime:
+        self.check()
         if not self.relative:
             return after + self.run_every
         epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -232,7 +249,11 @@ class crontab(Schedule):
         month_of_year: Any = "*",
     ) -> None:
         self._orig = (minute, hour, day_of_month, month_of_year, day_of_week)
-        parsed = [field.parse(spec) for field, spec in zip(FIELDS, self._orig, strict=True)]
+        try:
+            parsed = [field.parse(spec) for field, spec in zip(FIELDS, self._orig, strict=True)]
+        except ScheduleError as exc:
+            self.problem = str(exc)
+            parsed = [list(range(field.low, field.high + 1)) for field in FIELDS]
         self.minute, self.hour, self.day_of_month, self.month_of_year, self.day_of_week = (
             set(values) for values in parsed
         )
@@ -240,8 +261,8 @@ class crontab(Schedule):
             "*" if len(values) == field.size else ",".join(map(str, values))
             for field, values in zip(FIELDS, parsed, strict=True)
         )
-        if self._match_after(dt.datetime(2000, 1, 1), years=28) is None:
-            raise ScheduleError(f"{self!r} never matches a date (no such day in those months)")
+        if self.problem is None and self._match_after(dt.datetime(2000, 1, 1), years=28) is None:
+            self.problem = f"{self!r} never matches a date (no such day in those months)"
 
     def _match_after(self, local: dt.datetime, years: int = 50) -> dt.datetime | None:
         """The first matching wall-clock time after ``local`` (naive), or None."""
@@ -255,6 +276,7 @@ class crontab(Schedule):
         return found
 
     def next_due(self, after: dt.datetime, tz: dt.tzinfo = UTC) -> dt.datetime | None:
+        self.check()
         after = after.astimezone(UTC)
         local = after.astimezone(tz).replace(tzinfo=None)
         # Near an offset change a wall time before `local` can map to an instant after
@@ -321,24 +343,26 @@ class solar(Schedule):
     """
 
     def __init__(self, event: str, lat: float, lon: float) -> None:
-        if event not in SOLAR_EVENTS:
-            raise ScheduleError(
-                f"unknown solar event {event!r}; choose from {', '.join(SOLAR_EVENTS)}"
-            )
-        if not -90 <= lat <= 90:
-            raise ScheduleError(f"solar latitude {lat} is out of range -90..90")
-        if not -180 <= lon <= 180:
-            raise ScheduleError(f"solar longitude {lon} is out of range -180..180")
-        try:
-            import astral
-            import astral.sun
-        except ImportError:
-            raise ScheduleError(
-                "solar schedules need the astral package: pip install 'amqpworker[solar]'"
-            ) from None
         self.event, self.lat, self.lon = event, lat, lon
-        self._observer = astral.Observer(latitude=lat, longitude=lon)
-        self._sun = astral.sun
+        self._sun: Any = None
+        self._observer: Any = None
+        if event not in SOLAR_EVENTS:
+            self.problem = f"unknown solar event {event!r}; choose from {', '.join(SOLAR_EVENTS)}"
+        elif not -90 <= lat <= 90:
+            self.problem = f"solar latitude {lat} is out of range -90..90"
+        elif not -180 <= lon <= 180:
+            self.problem = f"solar longitude {lon} is out of range -180..180"
+        else:
+            try:
+                import astral
+                import astral.sun
+            except ImportError:
+                self.problem = (
+                    "solar schedules need the astral package: pip install 'amqpworker[solar]'"
+                )
+            else:
+                self._observer = astral.Observer(latitude=lat, longitude=lon)
+                self._sun = astral.sun
 
     def _event_on(self, day: dt.date) -> dt.datetime | None:
         function_name, depression = SOLAR_EVENTS[self.event]
@@ -354,6 +378,7 @@ class solar(Schedule):
         return moment.astimezone(UTC).replace(microsecond=0)
 
     def next_due(self, after: dt.datetime, tz: dt.tzinfo = UTC) -> dt.datetime | None:
+        self.check()
         after = after.astimezone(UTC)
         day = after.date() - dt.timedelta(days=1)
         for _ in range(370):
@@ -368,10 +393,14 @@ class solar(Schedule):
 
 
 def as_schedule(value: Any, relative: bool = False) -> Schedule:
-    """An entry's ``schedule``: a Schedule, or seconds / a timedelta for an interval."""
-    if isinstance(value, Schedule):
-        return value
-    return schedule(value, relative=relative)
+    """An entry's ``schedule``, checked: a Schedule, or seconds / a timedelta (an interval).
+
+    Raises:
+        ScheduleError: the schedule is made with bad values, or is not a schedule.
+    """
+    made = value if isinstance(value, Schedule) else schedule(as_interval(value), relative)
+    made.check()
+    return made
 
 
 def zone_for(timezone: str, enable_utc: bool, timezone_set: bool) -> dt.tzinfo:

@@ -139,8 +139,10 @@ def as_interval(value: Any) -> dt.timedelta:
     """Seconds or a timedelta as a positive timedelta; anything else is a ScheduleError."""
     if isinstance(value, bool) or not isinstance(value, (int, float, dt.timedelta)):
         raise ScheduleError(f"an interval is seconds or a timedelta, not {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ScheduleError(f"an interval must be a finite number of seconds, not {value!r}")
     interval = value if isinstance(value, dt.timedelta) else dt.timedelta(seconds=value)
-    if interval <= dt.timedelta(0) or not math.isfinite(interval.total_seconds()):
+    if interval <= dt.timedelta(0):
         raise ScheduleError(f"an interval must be more than zero seconds, not {value!r}")
     return interval
 

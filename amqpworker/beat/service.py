@@ -30,7 +30,7 @@ from ..broker.beat import (
     read_state,
     state_queue,
 )
-from ..exceptions import MalformedMessage, UnroutableError
+from ..exceptions import MalformedMessage, PublishError
 from ..log import get_logger
 from ..wire.beat import FiredRecord, tick_id
 from .entries import Entry, load_entries, schedule_zone
@@ -178,16 +178,22 @@ class Beat:
             when = entry.schedule.latest_due(base, now, self.zone)
             assert when is not None
             runs.append((entry, when, when != self.next[entry.name]))
-        prepared = [entry.message(self.app, when) for entry, when, _ in runs]
+        prepared = []
+        for entry, when, _ in runs:
+            message = entry.message(self.app, when)
+            try:
+                # A missing exchange would close the transaction's channel, every time.
+                await publisher.broker.check_exchange(message[1].exchange)
+            except PublishError as exc:
+                log.error("beat: run dropped", id=message[0].id, error=str(exc))
+                continue
+            prepared.append(message)
         outgoing = await publisher.outgoing(prepared)
         fired = {**self.last, **{entry.name: when for entry, when, _ in runs}}
         record = FiredRecord(fired, self.id)
-        try:
-            await transactions.publish_together(
-                [*outgoing, (record.encode(), "", state_queue(self.prefix))]
-            )
-        except UnroutableError as exc:
-            log.error("beat: a run had no queue to go to and was dropped", error=str(exc))
+        await transactions.publish_together(
+            [*outgoing, (record.encode(), "", state_queue(self.prefix))]
+        )
         for entry, when, late in runs:
             self.last[entry.name] = when
             self.next[entry.name] = entry.schedule.next_due(when, self.zone)

@@ -21,7 +21,6 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel
 
-from ..exceptions import UnroutableError
 from ..log import get_logger
 from ..wire import Envelope
 from .connection import Broker, Outgoing, properties_of
@@ -158,16 +157,11 @@ class Transactions:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self._channel: AbstractChannel | None = None
-        self._returned: list[str] = []
 
     async def open(self) -> None:
         self._channel = await self.broker.probe_channel()
         underlay = await self._channel.get_underlay_channel()
-        underlay.on_return_callbacks.add(self._on_return)
         await underlay.tx_select()
-
-    def _on_return(self, message: Any) -> None:
-        self._returned.append(str(getattr(message, "routing_key", "?")))
 
     @property
     def is_open(self) -> bool:
@@ -176,12 +170,12 @@ class Transactions:
     async def publish_together(self, messages: Sequence[Outgoing]) -> None:
         """Publish ``messages`` in one transaction: all of them are queued, or none.
 
-        Raises:
-            UnroutableError: one of them had no queue to go to (the others were queued).
+        They are mandatory, but without publisher confirms (a channel in transaction
+        mode cannot have them) aiormq only logs a returned message as an error: a
+        message no queue takes is dropped by the broker, with that log line.
         """
         assert self._channel is not None
         underlay = await self._channel.get_underlay_channel()
-        self._returned.clear()
         for envelope, exchange, routing_key in messages:
             await underlay.basic_publish(
                 envelope.body,
@@ -191,8 +185,6 @@ class Transactions:
                 mandatory=True,
             )
         await asyncio.wait_for(underlay.tx_commit(), self.broker.publish_timeout)
-        if self._returned:
-            raise UnroutableError(f"no queue took the message(s) for {self._returned}")
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None

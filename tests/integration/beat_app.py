@@ -36,6 +36,14 @@ if _entry:
             "kwargs": {"marker_dir": _markers},
         }
     }
+_broken = os.environ.get("BEAT_TEST_BROKEN_ENTRY")
+if _broken:  # its exchange does not exist
+    app.conf.beat_schedule[_broken] = {
+        "task": tick.name,
+        "schedule": 1.0,
+        "args": [_broken],
+        "options": {"exchange": f"{_broken}-missing-exchange", "routing_key": "x"},
+    }
 
 
 @app.on_after_configure.connect

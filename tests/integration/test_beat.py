@@ -188,6 +188,21 @@ def test_beat_stopped_for_10s_fires_one_catch_up_run_then_on_schedule(
     ]
 
 
+def test_a_run_to_a_missing_exchange_is_dropped_and_the_others_go_on(
+    start_beat, admin: BrokerAdmin, queue: str, beat_env: dict[str, str]
+) -> None:
+    broken = f"broken-{uuid.uuid4().hex[:8]}"
+    beat = start_beat(env={"BEAT_TEST_BROKEN_ENTRY": broken})
+    beat.wait_for_line("beat: run dropped", 30)
+    wait_for(lambda: beat.output.count("beat: sent") >= 6, 10, "runs after the dropped one")
+    beat.stop()
+    assert "does not exist" in beat.output
+    assert "stepped down" not in beat.output
+    dues = due_times(admin, queue, beat_env["BEAT_TEST_ENTRY"])
+    assert len(dues) >= 3
+    assert all(b - a == ONE for a, b in itertools.pairwise(dues))
+
+
 def test_beat_list_shows_entries_schedule_last_run_and_next_due(
     start_beat, beat_env: dict[str, str]
 ) -> None:

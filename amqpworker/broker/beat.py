@@ -21,6 +21,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel
 
+from ..exceptions import ImproperlyConfigured
 from ..log import get_logger
 from ..wire import Envelope
 from .connection import Broker, Outgoing, properties_of
@@ -106,12 +107,15 @@ class Leadership:
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until this beat holds the leader queue (True) or ``stop`` is set (False)."""
+        last_error = ""
         while not stop.is_set():
             try:
                 if await self.try_acquire():
                     return True
             except Exception as exc:  # the connection is down or coming back: ask again
-                log.debug("beat: could not ask for leadership", error=str(exc))
+                if str(exc) != last_error:  # once per kind of trouble, not twice a second
+                    log.warning("beat: cannot ask for leadership yet", error=f"{exc!r}")
+                last_error = str(exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_INTERVAL)
         return False
@@ -132,8 +136,21 @@ async def _ignore(_message: Any) -> None:
 
 
 async def declare_state_queue(broker: Broker, prefix: str) -> None:
-    async with broker.probing() as channel:
-        await channel.declare_queue(state_queue(prefix), durable=True, arguments=STATE_ARGUMENTS)
+    """Declare the state queue.
+
+    Raises:
+        ImproperlyConfigured: a queue of that name exists with other arguments.
+    """
+    try:
+        async with broker.probing() as channel:
+            await channel.declare_queue(
+                state_queue(prefix), durable=True, arguments=STATE_ARGUMENTS
+            )
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise ImproperlyConfigured(
+            f"queue {state_queue(prefix)!r} exists and is not beat's state queue ({exc}); "
+            "choose another beat_queue_prefix"
+        ) from None
 
 
 async def read_state(broker: Broker, prefix: str) -> list[Envelope]:

@@ -255,6 +255,17 @@ def test_bad_entries_stop_beat_at_start_naming_each(beat_env: dict[str, str]) ->
     assert "beat: standing by" not in result.stderr + result.stdout
 
 
+def test_a_queue_in_the_way_of_the_state_queue_is_a_clear_error(
+    start_beat, admin: BrokerAdmin, beat_env: dict[str, str]
+) -> None:
+    name = f"{beat_env['AMQPWORKER_BEAT_QUEUE_PREFIX']}.state"
+    admin.run(admin._with_channel(lambda channel: channel.declare_queue(name, durable=True)))
+    beat = start_beat()
+    assert beat.process.wait(30) == 1
+    beat.stop()
+    assert f"queue '{name}' exists and is not beat's state queue" in beat.output
+
+
 def _takeovers(
     start_beat: Callable[..., BeatProcess], kills: int, every: float
 ) -> tuple[list[float], list[tuple[float, float]]]:

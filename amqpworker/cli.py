@@ -7,6 +7,7 @@ option, with exit code 2, before anything connects to a broker.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -19,9 +20,10 @@ import click
 
 from .app import App
 from .app.control import INSPECT_COMMANDS
+from .beat import Beat, describe, load_entries
 from .broker import admin
 from .exceptions import AmqpWorkerError, ImproperlyConfigured
-from .log import configure_logging
+from .log import configure_logging, hide_password
 from .loop import LoopKind, loop_factory, run
 from .monitor import watch
 from .monitor.watch import MAX_LENGTH
@@ -170,6 +172,14 @@ def main() -> None:
     default=False,
     help="Send task and worker events (the worker_send_task_events setting).",
 )
+@click.option(
+    "-B",
+    "--beat",
+    "with_beat",
+    is_flag=True,
+    default=False,
+    help="Also run beat in this process (periodic tasks; for development).",
+)
 def serve(
     app: App,
     queues: list[str] | None,
@@ -187,6 +197,7 @@ def serve(
     metrics_port: int | None,
     metrics_host: str | None,
     events: bool,
+    with_beat: bool,
 ) -> None:
     """Consume queues and run tasks until SIGTERM."""
     configure_logging(
@@ -208,6 +219,8 @@ def serve(
             app.conf.log_format = log_format  # type: ignore[assignment]
         loop_factory(app.conf.event_loop)  # uvloop asked for but missing: a usage error
         app.import_includes()
+        app.finalize()
+        beat = Beat(app, load_entries(app)) if with_beat else None
         worker = Worker(
             app,
             queues,
@@ -223,7 +236,85 @@ def serve(
         raise click.UsageError(str(exc)) from exc
     click.echo(worker.banner(), err=True)
     try:
-        run(worker.run(install_signals=True), app.conf.event_loop)
+        if beat is None:
+            run(worker.run(install_signals=True), app.conf.event_loop)
+        else:
+            run(_serve_with_beat(worker, beat), app.conf.event_loop)
+    except AmqpWorkerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _serve_with_beat(worker: Worker, beat: Beat) -> None:
+    """The worker, with beat beside it on the same loop; beat stops when the worker does."""
+    beating = asyncio.get_running_loop().create_task(beat.run())
+    try:
+        await worker.run(install_signals=True)
+    finally:
+        beat.request_stop()
+        await beating
+
+
+@main.command("beat")
+@app_option
+@click.option(
+    "-l",
+    "--loglevel",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option("--log-format", type=click.Choice(["console", "json"]), help="Log line format.")
+@click.option(
+    "--list",
+    "list_entries",
+    is_flag=True,
+    help="Print every entry with its schedule, last run and next due time, and exit.",
+)
+@click.option(
+    "--loop",
+    "event_loop",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    help="Event loop (default: the event_loop setting; auto = uvloop where installed).",
+)
+def beat_command(
+    app: App,
+    loglevel: str,
+    log_format: str | None,
+    list_entries: bool,
+    event_loop: LoopKind | None,
+) -> None:
+    """Send periodic tasks when due (beat_schedule); any number may run, one is active."""
+    configure_logging(
+        loglevel, "json" if (log_format or app.conf.log_format) == "json" else "console"
+    )
+    try:
+        if event_loop:
+            app.conf.event_loop = event_loop
+        loop_factory(app.conf.event_loop)
+        app.import_includes()
+        app.finalize()
+        entries = load_entries(app)
+    except (AmqpWorkerError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if list_entries:
+        rows = _run(describe(app, entries))
+        if not rows:
+            click.echo("no entries (beat_schedule is empty)")
+        for row in rows:
+            click.echo(f"{row['name']}: {row['task']} {row['schedule']}")
+            click.echo(f"    last run: {row['last']}")
+            click.echo(f"    next due: {row['next']}")
+        return
+    if not entries:
+        raise click.UsageError("beat_schedule is empty: nothing to send (see docs/beat.md)")
+    beat = Beat(app, entries)
+    click.echo(
+        f"amqpworker beat {beat.id}: {len(entries)} entries, queues "
+        f"{app.conf.beat_queue_prefix}.leader/.state on {hide_password(app.conf.broker_url[0])}",
+        err=True,
+    )
+    try:
+        run(beat.run(install_signals=True), app.conf.event_loop)
     except AmqpWorkerError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -36,7 +36,6 @@ SAFE_CONTENT = ("json", "msgpack", "yaml")
 #: so, rather than accepted and ignored.
 NOT_YET = {
     "task_always_eager": "eager mode is not built yet",
-    "beat_schedule": "beat (periodic tasks) is not built yet",
 }
 
 
@@ -145,8 +144,12 @@ class Settings(BaseSettings):
     #: Seconds a monitor's queue outlives its consumer (it is exclusive: its connection).
     event_queue_expires: Annotated[float, Field(gt=0)] = 60.0
 
-    # Beat
+    # Beat (see docs/beat.md)
+    #: Periodic tasks: name -> {task, schedule, args, kwargs, options, relative}.
     beat_schedule: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: The names of beat's queues on the broker: PREFIX.leader (who fires) and
+    #: PREFIX.state (when each entry last fired). Beats sharing it share one schedule.
+    beat_queue_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "amqpworker.beat"
 
     # Logging
     log_level: str = "INFO"

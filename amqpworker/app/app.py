@@ -27,6 +27,7 @@ from .. import delay
 from ..exceptions import DuplicateTaskError, ImproperlyConfigured
 from ..loop import loop_factory
 from ..portal import Portal
+from ..schedules import as_schedule
 from ..settings import Route, Settings, load_settings
 from ..topology import Topology
 from ..wire import TaskMessage, default_serializers
@@ -37,6 +38,7 @@ from .client import Client
 from .control import Control
 from .results import AsyncResult
 from .routing import NO_LAYER, Destination, Layer, resolve_destination
+from .signals import Signal
 from .task import NOT_YET_OPTIONS, Task, check_time_limit, current_request, default_task_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,6 +95,10 @@ class App:
         self._clients: dict[asyncio.AbstractEventLoop, asyncio.Task[Client]] = {}
         self._clients_lock = threading.Lock()
         self._topology: tuple[Path | None, Topology] = (None, Topology())
+        #: Sent once, when a program that runs the app (beat, serve) has loaded it.
+        self.on_after_configure = Signal("on_after_configure")
+        self.on_after_finalize = Signal("on_after_finalize")
+        self._finalized = False
         register_builtins(self)
 
     def __repr__(self) -> str:
@@ -213,6 +219,59 @@ class App:
                 importlib.import_module(module)
             except ImportError as exc:
                 raise ImproperlyConfigured(f"include: cannot import {module!r}: {exc}") from exc
+
+    def finalize(self) -> None:
+        """Send ``on_after_configure`` then ``on_after_finalize``, once per app.
+
+        ``amqpworker beat`` and ``serve`` call it after loading the app and its
+        ``include`` modules, so handlers can add periodic tasks as in Celery.
+        """
+        if self._finalized:
+            return
+        self._finalized = True
+        self.on_after_configure.send(sender=self, source=self.conf)
+        self.on_after_finalize.send(sender=self)
+
+    # Periodic tasks (run by `amqpworker beat`).
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Any,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Add an entry to ``beat_schedule``: ``add_periodic_task(10.0, add.s(2, 2))``.
+
+        ``sig`` is a signature, a task or a task name; ``options`` are the entry's send
+        options (queue, priority, expires, ...) and ``relative``. Returns the entry's
+        name (``name``, else the signature as text). A bad schedule fails here.
+        """
+        relative = bool(options.pop("relative", False))
+        as_schedule(schedule, relative)
+        if isinstance(sig, Task):
+            sig = sig.s(*args, **(kwargs or {}))
+        entry: dict[str, Any]
+        if isinstance(sig, str):
+            entry = {"task": sig, "args": list(args), "kwargs": dict(kwargs or {}), "options": {}}
+        elif isinstance(sig, Mapping) and "task" in sig:
+            entry = {
+                "task": sig["task"],
+                "args": list(sig.get("args") or args),
+                "kwargs": dict(sig.get("kwargs") or kwargs or {}),
+                "options": dict(sig.get("options") or {}),
+            }
+        else:
+            raise TypeError(f"add_periodic_task needs a signature, a task or a name, not {sig!r}")
+        entry["options"] = {**entry["options"], **options}
+        entry["schedule"] = schedule
+        if relative:
+            entry["relative"] = True
+        key = name or (sig if isinstance(sig, str) else repr(sig))
+        self.conf.beat_schedule[key] = entry
+        return key
 
     # Publishing: one async path, a sync facade.
 

@@ -325,7 +325,6 @@ def test_password_is_hidden_for_a_non_amqp_broker_url() -> None:
     ("name", "value"),
     [
         ("task_always_eager", True),
-        ("beat_schedule", {"every-minute": {"task": "a.b", "schedule": 60}}),
     ],
 )
 def test_a_setting_not_acted_on_yet_is_refused_not_ignored(name: str, value: object) -> None:

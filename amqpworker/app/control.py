@@ -138,6 +138,26 @@ class Control:
         """Ask workers to stop gracefully, as SIGTERM does."""
         return self.broadcast("shutdown", None, destination, reply, timeout)
 
+    def pool_grow(
+        self,
+        n: int = 1,
+        destination: Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]] | None:
+        """Workers run ``n`` more tasks at once (threads and asyncio pools)."""
+        return self.broadcast("pool_grow", {"n": n}, destination, reply, timeout)
+
+    def pool_shrink(
+        self,
+        n: int = 1,
+        destination: Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]] | None:
+        """Workers run ``n`` fewer tasks at once, as running ones give their slots back."""
+        return self.broadcast("pool_shrink", {"n": n}, destination, reply, timeout)
+
     def add_consumer(
         self,
         queue: str,

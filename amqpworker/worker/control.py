@@ -31,10 +31,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 #: Commands of Celery's that need what is not built yet; they answer with an error.
-NOT_BUILT = {
-    "pool_grow": "pool_grow is not built yet (the pool has a fixed size)",
-    "pool_shrink": "pool_shrink is not built yet (the pool has a fixed size)",
-}
+NOT_BUILT: dict[str, str] = {}
 
 
 class RemoteControl:
@@ -59,6 +56,8 @@ class RemoteControl:
             "add_consumer": self.add_consumer,
             "cancel_consumer": self.cancel_consumer,
             "rate_limit": self.rate_limit,
+            "pool_grow": self.pool_grow,
+            "pool_shrink": self.pool_shrink,
             "time_limit": self.time_limit,
         }
 
@@ -209,6 +208,17 @@ class RemoteControl:
             return {"ok": f"tasks {ids} flagged as revoked; terminated {', '.join(terminated)}"}
         return {"ok": f"tasks {ids} flagged as revoked"}
 
+    async def pool_grow(self, n: int | str = 1) -> dict[str, str]:
+        return self._resize(_count(n))
+
+    async def pool_shrink(self, n: int | str = 1) -> dict[str, str]:
+        return self._resize(-_count(n))
+
+    def _resize(self, delta: int) -> dict[str, str]:
+        concurrency = self.worker.resize_pool(delta)
+        log.info("pool resized by remote control", concurrency=concurrency)
+        return {"ok": f"pool will {'grow' if delta > 0 else 'shrink'} to {concurrency}"}
+
     async def add_consumer(self, queue: str) -> dict[str, str]:
         added = await self.worker.add_consumer(queue)
         return {"ok": f"{'now' if added else 'already'} consuming from {queue!r}"}
@@ -279,3 +289,14 @@ class RemoteControl:
             },
             "worker_pid": os.getpid() if started is not None else None,
         }
+
+
+def _count(n: int | str) -> int:
+    """A positive whole number of slots (the CLI sends text)."""
+    try:
+        count = int(n)
+    except (TypeError, ValueError):
+        raise ValueError(f"n must be a whole number, not {n!r}") from None
+    if count < 1:
+        raise ValueError(f"n must be at least 1, not {count}")
+    return count

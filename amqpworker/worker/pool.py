@@ -80,6 +80,15 @@ class TaskThreads:
         self._work.put((contextvars.copy_context(), function, args, future))
         return future
 
+    def grow(self, n: int) -> None:
+        for _ in range(n):
+            self._threads.append(self._start_thread())
+
+    def shrink(self, n: int) -> None:
+        """``n`` threads end once they reach this in the queue (after the work before it)."""
+        for _ in range(n):
+            self._work.put(None)
+
     def shutdown(self) -> None:
         for _ in self._threads:
             self._work.put(None)

@@ -370,6 +370,27 @@ class Worker:
     def scheduled_jobs(self) -> list[Job]:
         return list(self._eta.holding)
 
+    def resize_pool(self, delta: int) -> int:
+        """Grow (``delta`` > 0) or shrink the pool; returns the new concurrency.
+
+        The prefetch stays as it was, as in Celery. Raises ``ValueError`` for the process
+        pool (its size is fixed) or below one slot.
+        """
+        if self._processes is not None:
+            raise ValueError("the process pool has a fixed size (--concurrency)")
+        if self.concurrency + delta < 1:
+            raise ValueError(f"cannot shrink below 1 (concurrency is {self.concurrency})")
+        if delta > 0:
+            self._slots.grow(delta)
+            if self._threads is not None:
+                self._threads.grow(delta)
+        elif delta < 0:
+            self._slots.shrink(-delta)
+            if self._threads is not None:
+                self._threads.shrink(-delta)
+        self.concurrency += delta
+        return self.concurrency
+
     def consumed_queues(self) -> dict[str, QueueSpec]:
         return {name: self._specs[name] for name in self._consumers}
 

@@ -76,10 +76,10 @@ def test_bad_commands_get_an_error_and_the_worker_keeps_serving(
     assert "unknown control command 'no_such_command'" in unknown[name]["error"]
     [bad] = control.broadcast("add_consumer", {"nope": 1}, destination=[name], reply=True)
     assert "bad arguments for add_consumer" in bad[name]["error"]
-    [not_built] = control.broadcast(
-        "pool_grow", {"n": 1}, destination=[name], reply=True, timeout=5
+    [too_few] = control.broadcast(
+        "pool_shrink", {"n": "zero"}, destination=[name], reply=True, timeout=5
     )
-    assert "not built yet" in not_built[name]["error"]
+    assert "n must be a whole number" in too_few[name]["error"]
 
     async def publish_garbage(channel: aio_pika.abc.AbstractChannel) -> None:
         exchange = await channel.get_exchange(CONTROL_EXCHANGE)
@@ -120,9 +120,12 @@ def test_cli_inspect_and_control_shutdown(serve, broker_url: str) -> None:
     assert "pong" in pinged.stdout
     as_json = run_cli("inspect", "stats", "--broker", broker_url, "-d", name, "--json")
     assert json.loads(as_json.stdout)[name]["pool"]["implementation"] == "threads"
-    not_built = run_cli("control", "pool_grow", "1", "--broker", broker_url, "-d", name)
-    assert not_built.returncode == 1
-    assert "pool_grow is not built yet" in not_built.stdout
+    grown = run_cli("control", "pool_grow", "2", "--broker", broker_url, "-d", name)
+    assert grown.returncode == 0, grown.stdout
+    assert "pool will grow to" in grown.stdout
+    below_one = run_cli("control", "pool_shrink", "1000", "--broker", broker_url, "-d", name)
+    assert below_one.returncode == 1
+    assert "cannot shrink below 1" in below_one.stdout
     nobody = run_cli("inspect", "ping", "--broker", broker_url, "-d", _name("nobody"))
     assert nobody.returncode == 1
     assert "no worker replied" in nobody.stderr
@@ -130,3 +133,30 @@ def test_cli_inspect_and_control_shutdown(serve, broker_url: str) -> None:
     stopped = run_cli("control", "shutdown", "--broker", broker_url, "-d", name, "--timeout", "5")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert worker.wait(30) == 0  # a graceful stop, as by SIGTERM
+
+
+def test_pool_grow_and_shrink_change_how_many_tasks_run_at_once(
+    app: App, serve, tmp_path: Path
+) -> None:
+    name = _name("resize")
+    serve("-n", name, "--concurrency", "1").wait_consuming()
+    control, inspect = app.control, app.control.inspect([name], timeout=5)
+
+    [grown] = control.pool_grow(1, destination=[name], reply=True, timeout=5) or [{}]
+    assert grown[name] == {"ok": "pool will grow to 2"}
+    held = [app.send_task(P + "record_and_wait", (str(tmp_path), f"g{i}")) for i in range(2)]
+    wait_for(lambda: len(list(tmp_path.glob("g*.run*"))) == 2, 20, "two tasks at once")
+    for i in range(2):
+        (tmp_path / f"g{i}.release").write_text("go")
+    assert [result.get(timeout=10) for result in held] == [1, 1]
+
+    [shrunk] = control.pool_shrink(1, destination=[name], reply=True, timeout=5) or [{}]
+    assert shrunk[name] == {"ok": "pool will shrink to 1"}
+    assert (inspect.stats() or {})[name]["pool"]["max-concurrency"] == 1
+    held = [app.send_task(P + "record_and_wait", (str(tmp_path), f"s{i}")) for i in range(2)]
+    wait_for(lambda: len(list(tmp_path.glob("s*.run*"))) == 1, 20, "one task")
+    active = inspect.active() or {}
+    assert len(active[name]) == 1, "the second waits for the one slot left"
+    (tmp_path / "s0.release").write_text("go")
+    (tmp_path / "s1.release").write_text("go")
+    assert [result.get(timeout=10) for result in held] == [1, 1]

@@ -41,12 +41,34 @@ class Slots(Step):
         self.redeliveries = redeliveries
         self.hostname = hostname
         self._slots = asyncio.Semaphore(concurrency)
+        #: Tasks holding a slot each, taken away by :meth:`shrink`.
+        self._withheld: list[asyncio.Task[None]] = []
         #: Deliveries waiting for a slot (``inspect().reserved()``); a stop requeues them.
         self.waiting: dict[Delivery, Job] = {}
         #: The handlers of running jobs; a graceful stop waits for them.
         self.running: set[asyncio.Task[None]] = set()
         #: Running jobs and when each started (``inspect().active()``).
         self.active: dict[Job, float] = {}
+
+    def grow(self, n: int) -> None:
+        """``n`` more tasks may run at once; withheld slots come back first."""
+        for _ in range(n):
+            if self._withheld:
+                self._withheld.pop().cancel()  # a shrink not yet done, or done: undone
+            else:
+                self._slots.release()
+
+    def shrink(self, n: int) -> None:
+        """``n`` fewer tasks at once: slots are withheld as running tasks give them back."""
+        for _ in range(n):
+            self._withheld.append(asyncio.get_running_loop().create_task(self._withhold()))
+
+    async def _withhold(self) -> None:
+        await self._slots.acquire()
+        try:
+            await asyncio.Event().wait()  # held until grow() cancels this
+        finally:
+            self._slots.release()
 
     async def __call__(self, job: Job) -> None:
         delivery, message = job.delivery, job.message

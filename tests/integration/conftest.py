@@ -229,14 +229,13 @@ def start_worker() -> Iterator[Callable[..., RunningWorker]]:
             worker.stop()
 
 
-class ServeProcess:
-    """`amqpworker serve` as a subprocess, with its stderr collected."""
+class CliProcess:
+    """`amqpworker ARGS...` as a subprocess; each output line is kept with when it came."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self._consuming = threading.Event()
+        self.stamped: list[tuple[float, str]] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "amqpworker", "serve", *args],
+            [sys.executable, "-m", "amqpworker", *args],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -249,19 +248,19 @@ class ServeProcess:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.lines.append(line)
-            if "consuming" in line:
-                self._consuming.set()
+            self.stamped.append((time.monotonic(), line))
+            self._on_line(line)
+
+    def _on_line(self, line: str) -> None:
+        """A subclass watches for a line here (called on the reader thread)."""
 
     @property
     def output(self) -> str:
-        return "".join(self.lines)
+        return "".join(line for _, line in self.stamped)
 
-    def wait_consuming(self, timeout: float = 30) -> ServeProcess:
-        if not self._consuming.wait(timeout):
-            self.process.kill()
-            raise AssertionError(f"worker did not start within {timeout}s:\n{self.output}")
-        return self
+    def first(self, text: str, after: float = 0.0) -> float | None:
+        """When a line containing ``text`` first came (monotonic), after ``after``."""
+        return next((at for at, line in self.stamped if text in line and at >= after), None)
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
@@ -282,6 +281,24 @@ class ServeProcess:
         self._reader.join(5)
         assert self.process.stdout is not None
         self.process.stdout.close()
+
+
+class ServeProcess(CliProcess):
+    """`amqpworker serve` as a subprocess, with its output collected."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self._consuming = threading.Event()
+        super().__init__(["serve", *args], env)
+
+    def _on_line(self, line: str) -> None:
+        if "consuming" in line:
+            self._consuming.set()
+
+    def wait_consuming(self, timeout: float = 30) -> ServeProcess:
+        if not self._consuming.wait(timeout):
+            self.process.kill()
+            raise AssertionError(f"worker did not start within {timeout}s:\n{self.output}")
+        return self
 
 
 @pytest.fixture
@@ -312,11 +329,12 @@ def serve(broker_url: str, queue: str) -> Iterator[Callable[..., ServeProcess]]:
         process.stop()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`amqpworker ...` as a subprocess from the repository root."""
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`amqpworker ...` as a subprocess from the repository root (in ``env``, if given)."""
     return subprocess.run(
         [sys.executable, "-m", "amqpworker", *args],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,

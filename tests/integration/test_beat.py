@@ -11,9 +11,6 @@ import datetime as dt
 import itertools
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -24,40 +21,14 @@ import pytest
 
 from amqpworker.wire.beat import DUE_HEADER, ENTRY_HEADER
 
-from .conftest import REPO, BrokerAdmin, wait_for
+from .conftest import BrokerAdmin, CliProcess, run_cli, wait_for
 
 APP = "tests.integration.beat_app"
 ONE = dt.timedelta(seconds=1)
 
 
-class BeatProcess:
-    """`amqpworker beat` as a subprocess; each output line is kept with when it came."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.lines: list[tuple[float, str]] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "amqpworker", *args],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append((time.monotonic(), line))
-
-    @property
-    def output(self) -> str:
-        return "".join(line for _, line in self.lines)
-
-    def first(self, text: str, after: float = 0.0) -> float | None:
-        """When a line containing ``text`` first came (monotonic), after ``after``."""
-        return next((at for at, line in self.lines if text in line and at >= after), None)
+class BeatProcess(CliProcess):
+    """`amqpworker beat` as a subprocess."""
 
     def wait_for_line(self, text: str, timeout: float) -> float:
         wait_for(lambda: self.first(text) is not None, timeout, f"{text!r} from beat")
@@ -68,18 +39,6 @@ class BeatProcess:
     @property
     def active(self) -> bool:
         return self.process.poll() is None and self.first("beat: active") is not None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._reader.join(5)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
 
 
 @pytest.fixture
@@ -207,14 +166,7 @@ def test_beat_list_shows_entries_schedule_last_run_and_next_due(
     start_beat, beat_env: dict[str, str]
 ) -> None:
     entry = beat_env["BEAT_TEST_ENTRY"]
-    listed = subprocess.run(
-        [sys.executable, "-m", "amqpworker", "beat", "-A", APP, "--list"],
-        cwd=REPO,
-        env=beat_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listed = run_cli("beat", "-A", APP, "--list", env=beat_env)
     assert listed.returncode == 0, listed.stderr
     assert f"{entry}: tests.integration.beat_app.tick <freq: 1.00 second>" in listed.stdout
     assert "last run: never" in listed.stdout
@@ -222,27 +174,13 @@ def test_beat_list_shows_entries_schedule_last_run_and_next_due(
     beat = start_beat()
     beat.wait_for_line("beat: sent", 30)
     beat.stop()
-    listed = subprocess.run(
-        [sys.executable, "-m", "amqpworker", "beat", "-A", APP, "--list"],
-        cwd=REPO,
-        env=beat_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listed = run_cli("beat", "-A", APP, "--list", env=beat_env)
     assert "last run: never" not in listed.stdout
     assert "last run: 20" in listed.stdout
 
 
 def test_bad_entries_stop_beat_at_start_naming_each(beat_env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "amqpworker", "beat", "-A", "tests.integration.beat_bad_app"],
-        cwd=REPO,
-        env=beat_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("beat", "-A", "tests.integration.beat_bad_app", env=beat_env)
     assert result.returncode == 2
     for entry, why in [
         ("no-such-task", "unknown task 'tests.integration.beat_bad_app.nope'"),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -14,8 +16,30 @@ import structlog
 from amqpworker import App
 from amqpworker.app.results import ResultHub
 from amqpworker.wire import SerializerRegistry, default_serializers
+from amqpworker.worker.pipeline import Step
+from amqpworker.worker.revocations import Revocations
+from amqpworker.worker.stats import WorkerStats
+from amqpworker.worker.steps import default_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def stub_steps(app: App, **options: Any) -> list[Step]:
+    """The worker's steps for ``app``, with nothing behind them that a test would reach."""
+    return default_steps(
+        app=app,
+        publisher=cast(Any, None),
+        settle=cast(Any, None),
+        stats=WorkerStats(),
+        specs={},
+        threads=None,
+        concurrency=1,
+        hostname="w@h",
+        timezone=dt.timezone.utc,
+        accepted=frozenset(),
+        revocations=Revocations(),
+        **options,
+    )
 
 
 @pytest.fixture(autouse=True)

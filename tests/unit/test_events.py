@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any, cast
 
@@ -22,10 +21,9 @@ from amqpworker.wire.events import (
     encode_events,
     routing_key,
 )
-from amqpworker.worker.revocations import Revocations
-from amqpworker.worker.stats import WorkerStats
-from amqpworker.worker.steps import default_steps
 from amqpworker.worker.steps.events import AnnounceEnding, AnnounceReceived, AnnounceRun
+
+from .conftest import stub_steps
 
 
 def test_routing_keys_are_celerys() -> None:
@@ -187,20 +185,7 @@ async def test_an_event_that_cannot_be_buffered_is_dropped_and_counted() -> None
 
 
 def _steps(events: EventSender | None) -> list[Any]:
-    return default_steps(
-        app=App("events-unit"),
-        publisher=cast(Any, None),
-        settle=cast(Any, None),
-        stats=WorkerStats(),
-        specs={},
-        threads=None,
-        concurrency=1,
-        hostname="w1",
-        timezone=dt.timezone.utc,
-        accepted=frozenset(),
-        revocations=Revocations(),
-        events=events,
-    )
+    return stub_steps(App("events-unit"), events=events)
 
 
 async def test_event_steps_are_in_the_pipeline_only_when_events_are_on() -> None:

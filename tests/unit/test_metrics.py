@@ -13,11 +13,11 @@ from amqpworker.wire.message import SENT_AT_HEADER
 from amqpworker.wire.results import FAILURE, RETRY, REVOKED, SUCCESS
 from amqpworker.worker.health import Health, Look
 from amqpworker.worker.pipeline import Job
-from amqpworker.worker.revocations import Revocations
 from amqpworker.worker.stats import WorkerStats
-from amqpworker.worker.steps import default_steps
 from amqpworker.worker.steps.execute import Execute
 from amqpworker.worker.steps.measure import Measure, queue_wait
+
+from .conftest import stub_steps
 
 
 class Envelope:
@@ -85,20 +85,7 @@ def test_a_message_carries_the_time_it_was_sent_and_the_task_does_not_see_it(
 
 
 def _steps(app: App, metrics: Any = None) -> list[Any]:
-    return default_steps(
-        app=app,
-        publisher=cast(Any, None),
-        settle=cast(Any, None),
-        stats=WorkerStats(),
-        specs={},
-        threads=None,
-        concurrency=1,
-        hostname="w@h",
-        timezone=dt.timezone.utc,
-        accepted=frozenset(),
-        revocations=Revocations(),
-        metrics=metrics,
-    )
+    return stub_steps(app, metrics=metrics)
 
 
 class Observer:

@@ -392,9 +392,10 @@ class AsyncResult:
 
         ``wait`` waits up to ``timeout`` seconds for the workers' replies, as in
         Celery; the caller's ``get()`` raises :class:`TaskRevokedError` once a worker
-        met it. ``connection`` is accepted for Celery's signature and not used.
+        met it. ``connection`` is in Celery's signature (a kombu connection); amqpworker
+        uses the app's, and a connection given is refused rather than ignored.
         """
-        _revoke(self._app_for("revoke"), [self.id], terminate, signal, wait, timeout)
+        _revoke(self._app_for("revoke"), [self.id], connection, terminate, signal, wait, timeout)
 
     def _app_for(self, what: str) -> App:
         if self.app is None:
@@ -524,7 +525,8 @@ class GroupResult:
         app = self.app or next((r.app for r in self.results if r.app is not None), None)
         if app is None:
             raise TypeError("revoke() needs the GroupResult to have an app (app=...)")
-        _revoke(app, [result.id for result in self.results], terminate, signal, wait, timeout)
+        ids = [result.id for result in self.results]
+        _revoke(app, ids, connection, terminate, signal, wait, timeout)
 
     def ready(self) -> bool:
         return all(result.ready() for result in self.results)
@@ -576,9 +578,12 @@ class GroupResult:
 def _revoke(
     app: App,
     ids: list[str],
+    connection: object,
     terminate: bool,
     signal: str | int | None,
     wait: bool,
     timeout: float | None,
 ) -> None:
+    if connection is not None:
+        raise TypeError("revoke(connection=...) is not supported: the app's connection is used")
     app.control.revoke(ids, terminate=terminate, signal=signal, reply=wait, timeout=timeout or 1.0)

@@ -61,3 +61,11 @@ def test_terminate_asks_the_worker_to_stop_running_tasks() -> None:
     assert revocations.add(Revocation(("a",), terminate=True, expires=time.time() + 60)) == ["a"]
     assert revocations.add(Revocation(("b",), expires=time.time() + 60)) == []
     assert stopped == ["a"]
+
+
+def test_a_connection_given_to_revoke_is_refused_not_ignored() -> None:
+    from amqpworker import App
+    from amqpworker.app.results import AsyncResult
+
+    with pytest.raises(TypeError, match="connection"):
+        AsyncResult("a", app=App("unit")).revoke(connection=object())

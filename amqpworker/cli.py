@@ -102,6 +102,24 @@ app_option = click.option(
 )
 
 
+loglevel_option = click.option(
+    "-l",
+    "--loglevel",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+log_format_option = click.option(
+    "--log-format", type=click.Choice(["console", "json"]), help="Log line format."
+)
+loop_option = click.option(
+    "--loop",
+    "event_loop",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    help="Event loop (default: the event_loop setting; auto = uvloop where installed).",
+)
+
+
 @click.group()
 @click.version_option(package_name="amqpworker")
 def main() -> None:
@@ -138,24 +156,13 @@ def main() -> None:
     type=click.FloatRange(min=0),
     help="Seconds running tasks get to finish after SIGTERM.",
 )
-@click.option(
-    "-l",
-    "--loglevel",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
-@click.option("--log-format", type=click.Choice(["console", "json"]), help="Log line format.")
+@loglevel_option
+@log_format_option
 @click.option(
     "-n", "--hostname", help="This worker's name (default app@%h; %h host, %n name, %d domain)."
 )
 @click.option("--routing", type=click.Path(dir_okay=False), help="Routing YAML file.")
-@click.option(
-    "--loop",
-    "event_loop",
-    type=click.Choice(["auto", "uvloop", "asyncio"]),
-    help="Event loop (default: the event_loop setting; auto = uvloop where installed).",
-)
+@loop_option
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
@@ -256,26 +263,15 @@ async def _serve_with_beat(worker: Worker, beat: Beat) -> None:
 
 @main.command("beat")
 @app_option
-@click.option(
-    "-l",
-    "--loglevel",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
-@click.option("--log-format", type=click.Choice(["console", "json"]), help="Log line format.")
+@loglevel_option
+@log_format_option
 @click.option(
     "--list",
     "list_entries",
     is_flag=True,
     help="Print every entry with its schedule, last run and next due time, and exit.",
 )
-@click.option(
-    "--loop",
-    "event_loop",
-    type=click.Choice(["auto", "uvloop", "asyncio"]),
-    help="Event loop (default: the event_loop setting; auto = uvloop where installed).",
-)
+@loop_option
 def beat_command(
     app: App,
     loglevel: str,

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..exceptions import MalformedMessage
 from .message import Envelope
-from .serializers import json_default
+from .serializers import json_default, json_object
 
 CONTROL_EXCHANGE = "amqpworker.control"
 CONTENT_TYPE = "application/json"
@@ -53,12 +53,7 @@ class ControlRequest:
     @classmethod
     def decode(cls, envelope: Envelope) -> ControlRequest:
         """Read a request; anything malformed raises :class:`MalformedMessage` saying what."""
-        try:
-            body = json.loads(envelope.body)
-        except (ValueError, RecursionError) as exc:
-            raise MalformedMessage(f"control message is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise MalformedMessage("control message must be a JSON object")
+        body = json_object(envelope.body, "control message")
         command, arguments = body.get("command"), body.get("arguments") or {}
         destination = body.get("destination")
         if not isinstance(command, str) or not command:

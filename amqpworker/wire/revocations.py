@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..exceptions import MalformedMessage
 from .message import Envelope
+from .serializers import json_object
 
 REVOCATIONS_QUEUE = "amqpworker.revocations"
 CONTENT_TYPE = "application/json"
@@ -63,12 +64,7 @@ class Revocation:
     @classmethod
     def decode(cls, envelope: Envelope) -> Revocation:
         """Read a revocation; anything malformed raises :class:`MalformedMessage`."""
-        try:
-            body = json.loads(envelope.body)
-        except (ValueError, RecursionError) as exc:
-            raise MalformedMessage(f"revocation is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise MalformedMessage("revocation must be a JSON object")
+        body = json_object(envelope.body, "revocation")
         ids, expires = body.get("ids"), body.get("expires")
         if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
             raise MalformedMessage("revocation 'ids' must be a list of task ids")

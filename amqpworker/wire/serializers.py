@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 import yaml
 
-from ..exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured
+from ..exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured, MalformedMessage
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,17 @@ class SerializerRegistry:
             return serializer.loads(body)
         except Exception as exc:
             raise DecodeError(f"cannot decode {content_type} body: {exc}") from exc
+
+
+def json_object(body: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from a message body; anything else raises :class:`MalformedMessage`."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedMessage(f"{what} must be a JSON object")
+    return value
 
 
 def json_default(value: Any) -> Any:
